@@ -1,0 +1,14 @@
+"""The one exception type the CLI turns into a one-line error message."""
+
+from __future__ import annotations
+
+
+class SaltError(Exception):
+    """A user-facing error: bad input, missing file, invalid config.
+
+    The message is a single line that names the file or field and says what was
+    expected. ``salt-exp`` prints it as ``error: <message>`` and exits with status 2.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
