@@ -1,0 +1,41 @@
+# salt-exp: every target bootstraps .venv from the pinned requirements on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   ?= data/synthetic
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE := 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+export MPLBACKEND := Agg
+
+.PHONY: venv test data check lint bench clean-cache
+
+$(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
+	touch $@
+
+venv: $(STAMP)  ## create .venv and install the pinned requirements
+
+test: $(STAMP)  ## run the whole test suite (CPU, minutes)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(DATA)/train.csv: | $(STAMP)
+	$(BIN)/salt-exp data synth --out $(DATA)
+
+data: $(DATA)/train.csv  ## write the synthetic dataset (once)
+
+check: data  ## validate the synthetic dataset and show what it holds
+	$(BIN)/salt-exp data check $(DATA)
+
+lint: $(STAMP)
+	$(BIN)/ruff check salt_exp tests benchmarks
+
+bench: $(STAMP)  ## benchmarks; results go to docs/BENCHMARKS.md by hand
+	$(BIN)/python benchmarks/bench_data.py
+
+clean-cache:
+	rm -rf $${SALT_EXP_CACHE:-$$HOME/.cache/salt-exp}

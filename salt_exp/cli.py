@@ -1,0 +1,129 @@
+"""The ``salt-exp`` command: one entry point, one subcommand per job.
+
+Each subcommand builds its inputs from the command line and calls library functions
+with explicit arguments. A ``SaltError`` becomes ``error: <one line>`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from salt_exp.errors import SaltError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from salt_exp.data.check import check_dataset, format_report
+
+    report = check_dataset(args.dir, scheme=args.folds, k=args.k, seed=args.seed)
+    _print_json(report) if args.json else print(format_report(report))
+    return 1 if report["problems"] else 0
+
+
+def cmd_data_folds(args: argparse.Namespace) -> int:
+    from salt_exp.data.folds import fold_balance, folds_path, load_or_create_folds
+    from salt_exp.data.kaggle import load_kaggle
+
+    data = load_kaggle(args.dir)
+    folds = load_or_create_folds(data, args.scheme, args.k, args.seed)
+    print(folds_path(data, args.scheme, args.k, args.seed))
+    for row in fold_balance(data, folds["fold"].to_numpy()):
+        print(f"  fold {row['fold']}: {row['size']} tiles, empty {row['empty_share']:.1%}, coverage {row['mean_coverage']:.1%}")
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from salt_exp.data.synth import SynthConfig, generate_dataset
+
+    fields = {f.name for f in dataclasses.fields(SynthConfig)}
+    cfg = SynthConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    summary = generate_dataset(args.out, cfg, overwrite=args.overwrite)
+    _print_json(summary) if args.json else print(f"wrote {args.out}: " + json.dumps(summary, default=str))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from salt_exp.scoring import score_files
+
+    result = score_files(args.submission, args.solution)
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"score    {result['score']:.6f} ({result['n']} images)")
+    for split in ("public", "private"):
+        if result.get(split) is not None:
+            print(f"{split:8} {result[split]:.6f} ({result[f'n_{split}']} images)")
+    print(f"{'bin':>8} {'count':>6} {'score':>8} {'err share':>10}")
+    for b in result["bins"]:
+        print(f"{b['bin']:>8} {b['count']:>6} {b['mean_score']:>8.4f} {b['err_share']:>10.1%}")
+    return 0
+
+
+def _add_synth_args(p: argparse.ArgumentParser) -> None:
+    from salt_exp.data.synth import SynthConfig
+
+    p.add_argument("--out", default="data/synthetic", help="output folder (Kaggle layout)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
+    p.add_argument("--json", action="store_true")
+    for f in dataclasses.fields(SynthConfig):
+        kind = type(f.default) if f.default is not dataclasses.MISSING else str
+        if kind in (int, float, str):
+            p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
+                           help=f"SynthConfig.{f.name} (default {f.default})")
+    p.set_defaults(func=cmd_data_synth)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="salt-exp", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("check", help="validate a Kaggle-layout folder and report what it holds")
+    p.add_argument("dir")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--folds", default="random", help="fold scheme whose balance is reported")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_data_check)
+    p = data.add_parser("folds", help="create (once) and show the persisted folds of a dataset")
+    p.add_argument("dir")
+    p.add_argument("--scheme", default="random", help="random | coverage | depth | mosaic")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_data_folds)
+    _add_synth_args(data.add_parser("synth", help="write the synthetic TGS-like dataset"))
+
+    p = sub.add_parser("score", help="score a submission against a solution (public/private with Usage)")
+    p.add_argument("submission")
+    p.add_argument("solution")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_score)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SaltError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data layer: Kaggle-layout reader and validator, RLE, synthetic generator, folds."""

@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny Kaggle-layout dataset written in the real file formats."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from salt_exp.data.pngio import write_image, write_mask
+from salt_exp.data.rle import rle_encode
+
+REAL_TGS = Path(__file__).resolve().parents[1].parent / "shared" / "tgs"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_stores(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep caches and fold files out of the user's home and the repo."""
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("SALT_EXP_CACHE", str(base / "cache"))
+    monkeypatch.setenv("SALT_EXP_FOLDS", str(base / "folds"))
+
+
+def make_tiles(n: int, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """n random tiles: ids, images (n,101,101) uint8, masks (n,101,101) 0/1 with a third empty."""
+    rng = np.random.default_rng(seed)
+    ids = [f"{rng.integers(16**10):010x}" for _ in range(n)]
+    images = rng.integers(0, 256, size=(n, 101, 101), dtype=np.uint8)
+    masks = np.zeros((n, 101, 101), np.uint8)
+    for i in range(n):
+        if i % 3:
+            top = int(rng.integers(5, 95))
+            masks[i, top:, : int(rng.integers(10, 101))] = 1
+    images[0] = 117  # a blank tile (its mask is empty, as in the real data)
+    return ids, images, masks
+
+
+def write_kaggle(root: Path, n: int = 12, n_test: int = 4, seed: int = 0, mosaics: bool = True) -> Path:
+    """Write a small dataset in the exact Kaggle layout and formats; returns root."""
+    ids, images, masks = make_tiles(n + n_test, seed)
+    train_ids, test_ids = ids[:n], ids[n:]
+    for sub in ("train/images", "train/masks", "test/images"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i, tid in enumerate(train_ids):
+        write_image(root / "train/images" / f"{tid}.png", images[i])
+        write_mask(root / "train/masks" / f"{tid}.png", masks[i])
+    for j, tid in enumerate(test_ids):
+        write_image(root / "test/images" / f"{tid}.png", images[n + j])
+    pd.DataFrame({"id": train_ids, "rle_mask": [rle_encode(m) for m in masks[:n]]}).to_csv(root / "train.csv", index=False)
+    pd.DataFrame({"id": ids, "z": np.arange(len(ids)) * 10 + 50}).to_csv(root / "depths.csv", index=False)
+    pd.DataFrame({"id": test_ids, "rle_mask": ["1 1"] * n_test}).to_csv(root / "sample_submission.csv", index=False)
+    if mosaics:
+        pd.DataFrame({"id": ids, "x": [i % 4 for i in range(len(ids))], "y": [i // 4 % 2 for i in range(len(ids))],
+                      "mosaic_id": [i // 8 for i in range(len(ids))]}).to_csv(root / "mosaics.csv", index=False)
+    return root
+
+
+@pytest.fixture
+def kaggle_dir(tmp_path: Path) -> Path:
+    return write_kaggle(tmp_path / "tgs")
