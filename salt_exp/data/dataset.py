@@ -1,0 +1,142 @@
+"""In-memory tile dataset and a seeded DataLoader factory.
+
+Items are unpadded 101x101 tensors: padding to 128 happens model-side (``TileAdapter``), so the
+dataset stays cheap and masks/metrics stay on the true tile.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from salt_exp.errors import SaltError
+
+DEPTH_SCALE = 1000.0  # TGS depths are ~50..960 ft, so z / 1000 lies in [0, 1)
+CHANNEL_MODES = {"raw": 1, "depth": 3, "coord": 3}
+
+PairFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def num_channels(channels: str) -> int:
+    """Input planes for a channel mode: raw -> 1; depth, coord -> 3 (tile, plane, tile*plane)."""
+    if channels not in CHANNEL_MODES:
+        raise SaltError(f"unknown channels mode {channels!r}; valid: {', '.join(CHANNEL_MODES)}")
+    return CHANNEL_MODES[channels]
+
+
+def _planes(tile: torch.Tensor, depth: float, channels: str) -> torch.Tensor:
+    """(H, W) float tile in [0, 1] -> (C, H, W) input planes."""
+    if channels == "raw":
+        return tile[None]
+    if channels == "depth":
+        plane = torch.full_like(tile, depth / DEPTH_SCALE)
+    else:  # coord: row position, 0 at the top row, 1 at the bottom row (depth grows downwards)
+        plane = torch.linspace(0.0, 1.0, tile.shape[0], dtype=tile.dtype)[:, None].expand_as(tile)
+    return torch.stack([tile, plane, tile * plane])
+
+
+class TileDataset(Dataset):
+    """Tiles, optional masks and depths in memory; items are dicts of tensors.
+
+    images: (N, H, W) uint8; masks: (N, H, W) uint8 in {0, 1} or None (test set: items then have no
+    "mask"); depths: (N,) float feet (may be None for ``channels="raw"``); transform: a seeded
+    ``(image, mask) -> (image, mask)`` callable applied before the planes are built (so the coord
+    plane always describes the output rows). Items:
+    ``{"image": float32 (C, H, W) in [0, 1], "mask": float32 (1, H, W) 0/1, "index": int}``.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        masks: np.ndarray | None,
+        depths: np.ndarray | None,
+        channels: str = "raw",
+        transform: PairFn | None = None,
+    ) -> None:
+        num_channels(channels)
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
+        if masks is not None:
+            if masks.shape != images.shape or masks.dtype != np.uint8:
+                raise ValueError(f"masks must be uint8 {images.shape}, got {masks.dtype} {masks.shape}")
+            if masks.size and masks.max() > 1:
+                raise ValueError(f"masks must be 0/1, got max {masks.max()} (binarise 0/255 or 0/65535 first)")
+        if depths is None and channels != "raw":
+            raise SaltError(f"channels={channels!r} needs depths; only 'raw' works without them")
+        if depths is not None and np.shape(depths) != (len(images),):
+            raise ValueError(f"depths must have shape ({len(images)},), got {np.shape(depths)}")
+        self.images, self.masks, self.channels, self.transform = images, masks, channels, transform
+        self.depths = None if depths is None else np.asarray(depths, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = self.images[index]
+        mask = self.masks[index] if self.masks is not None else np.zeros_like(image)
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        tile = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)
+        depth = float(self.depths[index]) if self.depths is not None else 0.0
+        item: dict[str, Any] = {"image": _planes(tile, depth, self.channels), "index": int(index)}
+        if self.masks is not None:
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).float()[None]
+        return item
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the transform's random stream, when it has one."""
+        reseed = getattr(self.transform, "reseed", None)
+        if callable(reseed):
+            reseed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: distinct, reproducible seeds per worker and per epoch.
+
+    PyTorch seeds torch in each worker from the loader's generator (base_seed + worker_id); numpy,
+    ``random`` and the augmentation stream (its own generator, copied into every worker) derive from it.
+    """
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    dataset = info.dataset if info is not None else None
+    while dataset is not None and not hasattr(dataset, "reseed"):
+        dataset = getattr(dataset, "dataset", None)  # unwrap Subset and similar wrappers
+    if dataset is not None:
+        dataset.reseed(seed)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    workers: int,
+    seed: int,
+    drop_last: bool = False,
+    *,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader whose order and worker seeds come from ``torch.Generator().manual_seed(seed)``.
+
+    Workers are not persistent, so each epoch draws fresh worker seeds from the generator:
+    augmentations differ between epochs yet the whole run replays from ``seed``.
+    """
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        persistent_workers=False,
+    )

@@ -1,0 +1,125 @@
+"""Training augmentations (albumentations 2), applied jointly to a 101x101 tile and its mask.
+
+The reference pipeline (GUIDE section 2): random invert, random gamma, cutout, random fixed-size crop
+resized back to the tile size, horizontal flip. There is deliberately no vertical flip: depth has a
+direction (salt caps lie above empty tiles). Brightness/contrast and shift-scale-rotate are extra
+options, off by default. Validation and test use the identity.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from salt_exp.config import AugmentConfig
+
+PairFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class PairTransform:
+    """Seeded callable ``(image uint8 (H, W), mask uint8 (H, W)) -> (image, mask)``.
+
+    Geometric transforms move image and mask together (mask resampled with nearest neighbour);
+    pixel transforms and cutout touch the image only.
+    """
+
+    def __init__(self, compose: A.Compose, seed: int) -> None:
+        self._compose = compose
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the random stream (``seed_worker`` calls this in every DataLoader worker).
+
+        Why not ``A.Compose(..., seed=seed)``: albumentations 2.0.8 gives every child transform its own
+        ``Random(seed)``, identical streams, so all coin flips with equal p fire together. One shared
+        generator pair keeps the transforms independent.
+        """
+        self._compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+    @property
+    def transforms(self) -> list[A.BasicTransform]:
+        return list(self._compose.transforms)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if image.ndim != 2 or image.dtype != np.uint8 or mask.shape != image.shape:
+            raise ValueError(
+                f"expected a uint8 (H, W) image and a mask of the same shape, got {image.dtype} {image.shape}"
+                f" and {mask.dtype} {mask.shape}"
+            )
+        out = self._compose(image=image, mask=mask)
+        return np.ascontiguousarray(out["image"]), np.ascontiguousarray(out["mask"])
+
+
+def _augmentations(cfg: AugmentConfig, tile_size: int) -> list[A.BasicTransform]:
+    """The configured transforms in application order; those with probability 0 are left out."""
+    gamma_pct = (cfg.gamma_limit[0] * 100.0, cfg.gamma_limit[1] * 100.0)  # albumentations: gamma = value / 100
+    hole = (cfg.cutout_size, cfg.cutout_size)
+    candidates = [
+        (cfg.invert, lambda p: A.InvertImg(p=p)),
+        (cfg.gamma, lambda p: A.RandomGamma(gamma_limit=gamma_pct, p=p)),
+        (
+            cfg.brightness_contrast,
+            lambda p: A.RandomBrightnessContrast(
+                brightness_limit=cfg.brightness_limit, contrast_limit=cfg.contrast_limit, p=p
+            ),
+        ),
+        (
+            cfg.cutout,  # image only: fill_mask=None leaves the mask untouched
+            lambda p: A.CoarseDropout(
+                num_holes_range=(cfg.cutout_holes, cfg.cutout_holes),
+                hole_height_range=hole,
+                hole_width_range=hole,
+                fill=0,
+                fill_mask=None,
+                p=p,
+            ),
+        ),
+        (
+            cfg.shift_scale_rotate,
+            lambda p: A.Affine(
+                translate_percent=(-cfg.shift_limit, cfg.shift_limit),
+                scale=(1.0 - cfg.scale_limit, 1.0 + cfg.scale_limit),
+                rotate=(-cfg.rotate_limit, cfg.rotate_limit),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+                border_mode=cv2.BORDER_REPLICATE,
+                p=p,
+            ),
+        ),
+        (
+            cfg.crop,
+            lambda p: A.RandomSizedCrop(
+                min_max_height=(cfg.crop_size, cfg.crop_size),
+                size=(tile_size, tile_size),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+                p=p,
+            ),
+        ),
+        (cfg.hflip, lambda p: A.HorizontalFlip(p=p)),
+    ]
+    return [make(prob) for prob, make in candidates if prob > 0.0]
+
+
+def build_train_transform(augment_cfg: AugmentConfig, seed: int, *, tile_size: int = 101) -> PairTransform:
+    """Seeded training augmentation for ``tile_size`` x ``tile_size`` uint8 tiles and 0/1 masks.
+
+    The same ``seed`` and the same sequence of calls give the same outputs.
+    """
+    if augment_cfg.crop > 0.0 and augment_cfg.crop_size > tile_size:
+        raise ValueError(f"crop_size {augment_cfg.crop_size} exceeds the tile size {tile_size}")
+    return PairTransform(A.Compose(_augmentations(augment_cfg, tile_size), p=1.0), seed)
+
+
+def identity_transform(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validation/test transform: returns its inputs unchanged."""
+    return image, mask
+
+
+def build_eval_transform() -> PairFn:
+    """The validation transform: the identity (TTA lives in the ensemble layer, not here)."""
+    return identity_transform
