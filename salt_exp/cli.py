@@ -69,6 +69,26 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from salt_exp.config import load_config
+    from salt_exp.train.run import run_fold
+
+    cfg = load_config(args.config, args.set)
+    info = run_fold(cfg, args.fold, study=args.study, resume=args.resume)
+    r = info.result
+    print(f"run {info.run_id}: {r.status}{' (' + r.reason + ')' if r.reason else ''}; best val_map {r.best_val_map:.4f}; "
+          f"registered versions {sorted(info.versions.values(), key=int)}")
+    return 0 if r.status == "FINISHED" else 1
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from salt_exp.models import list_encoders
+
+    rows = list_encoders()
+    _print_json(rows) if args.json else print("\n".join(f"{r['name']:36} {r['family']:18} {r['params'] / 1e6:8.2f}M" for r in rows))
+    return 0
+
+
 def _add_synth_args(p: argparse.ArgumentParser) -> None:
     from salt_exp.data.synth import SynthConfig
 
@@ -102,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_data_folds)
     _add_synth_args(data.add_parser("synth", help="write the synthetic TGS-like dataset"))
+
+    p = sub.add_parser("train", help="train one fold of one config as an MLflow run")
+    p.add_argument("config", help="experiment YAML (may use extends:)")
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
+    p.add_argument("--study", default="adhoc", help="experiment salt/<study> and registered model salt-<study>")
+    p.add_argument("--resume", action="store_true", help="continue the unfinished run of this study/fold/config")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("models", help="list the encoders with parameter counts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("score", help="score a submission against a solution (public/private with Usage)")
     p.add_argument("submission")

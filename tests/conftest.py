@@ -63,3 +63,27 @@ def write_kaggle(root: Path, n: int = 12, n_test: int = 4, seed: int = 0, mosaic
 @pytest.fixture
 def kaggle_dir(tmp_path: Path) -> Path:
     return write_kaggle(tmp_path / "tgs")
+
+
+TINY_SYNTH = {"sections": 3, "tile_rows": 4, "tile_cols": 6, "seed": 7}
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset (Kaggle layout), built once per test session."""
+    from salt_exp.data.synth import SynthConfig, generate_dataset
+
+    out = tmp_path_factory.mktemp("synth") / "synthetic"
+    generate_dataset(out, SynthConfig(**TINY_SYNTH))
+    return out
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite-backed MLflow store (real MLflow, no mocks) with its artifacts under tmp_path."""
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    (tmp_path / "mlruns").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("SALT_EXP_WORK", str(tmp_path / "work"))
+    monkeypatch.chdir(tmp_path)
+    return uri

@@ -1,0 +1,108 @@
+"""Builds the pieces of one fold run from a config: data split, loaders, model, loss, optimizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from salt_exp.config import ExperimentConfig
+from salt_exp.data.dataset import TileDataset, make_loader, num_channels
+from salt_exp.data.folds import folds_path, load_or_create_folds
+from salt_exp.data.kaggle import KaggleData, load_kaggle
+from salt_exp.data.padding import TileAdapter
+from salt_exp.data.transforms import build_train_transform
+from salt_exp.errors import SaltError
+from salt_exp.losses import DeepSupervisionLoss
+from salt_exp.models import build_model
+
+
+@dataclass(frozen=True)
+class FoldData:
+    """The train/validation split of one fold, arrays in memory."""
+
+    data: KaggleData
+    folds: pd.DataFrame
+    folds_file: str
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+    @property
+    def val_ids(self) -> np.ndarray:
+        return self.data.train.ids[self.val_idx]
+
+    @property
+    def val_masks(self) -> np.ndarray:
+        return self.data.train.masks[self.val_idx]
+
+
+def load_fold(cfg: ExperimentConfig, fold: int) -> FoldData:
+    if not 0 <= fold < cfg.data.n_folds:
+        raise SaltError(f"--fold {fold} is out of range: data.n_folds is {cfg.data.n_folds} (valid 0..{cfg.data.n_folds - 1})")
+    data = load_kaggle(cfg.data.root)
+    d = cfg.data
+    folds = load_or_create_folds(data, d.folds_scheme, d.n_folds, d.folds_seed)
+    f = folds["fold"].to_numpy()
+    path = folds_path(data, d.folds_scheme, d.n_folds, d.folds_seed)
+    return FoldData(data, folds, str(path), np.flatnonzero(f != fold), np.flatnonzero(f == fold))
+
+
+def _subset(fd: FoldData, idx: np.ndarray, channels: str, transform=None) -> TileDataset:
+    t = fd.data.train
+    return TileDataset(t.images[idx], t.masks[idx], t.depths[idx], channels, transform)
+
+
+def train_loader(cfg: ExperimentConfig, fd: FoldData, epoch: int) -> torch.utils.data.DataLoader:
+    """The loader of one epoch: order and augmentations are a function of (seed, epoch) alone, so resume replays."""
+    seed = cfg.seed * 100_003 + epoch
+    ds = _subset(fd, fd.train_idx, cfg.data.channels, build_train_transform(cfg.augment, seed))
+    drop_last = len(ds) > cfg.optim.batch_size
+    loader = make_loader(ds, cfg.optim.batch_size, True, cfg.train.workers, seed, drop_last,
+                         pin_memory=torch.cuda.is_available())
+    if cfg.train.max_train_batches is None:
+        return loader
+    return _Capped(loader, cfg.train.max_train_batches)
+
+
+class _Capped:
+    """At most ``n`` batches of a loader per pass (smoke runs and tests)."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, n: int) -> None:
+        self.loader, self.n = loader, n
+
+    def __len__(self) -> int:
+        return min(self.n, len(self.loader))
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i >= self.n:
+                break
+            yield batch
+
+
+def val_loader(cfg: ExperimentConfig, fd: FoldData) -> torch.utils.data.DataLoader:
+    ds = _subset(fd, fd.val_idx, cfg.data.channels)
+    return make_loader(ds, cfg.train.val_batch_size, False, cfg.train.workers, cfg.seed)
+
+
+def build_parts(cfg: ExperimentConfig) -> tuple[torch.nn.Module, TileAdapter, DeepSupervisionLoss]:
+    m = cfg.model
+    torch.manual_seed(cfg.seed)  # same initial weights for the same config
+    model = build_model(m.encoder, weights=m.weights, in_channels=num_channels(cfg.data.channels),
+                        decoder_channels=tuple(m.decoder_channels), scse=m.scse, hypercolumn=m.hypercolumn,
+                        deep_supervision=m.deep_supervision, dropout=m.dropout)
+    loss = DeepSupervisionLoss(cfg.loss.seg_terms, cls_weight=cfg.loss.cls_weight, seg_weight=cfg.loss.seg_weight,
+                               fused_weight=cfg.loss.fused_weight)
+    return model, TileAdapter(cfg.padding.mode, cfg.padding.size), loss
+
+
+def build_optimizer(cfg: ExperimentConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = model.parameters()
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay)

@@ -1,0 +1,88 @@
+"""What a fold run persists between epochs, so that a killed run resumes where it stopped.
+
+Files live in the run's work folder (``mlruns/work/<run_id>/``): ``last.pt`` (the training
+state after the last completed epoch) and ``cycle<c>_epoch<e>.pt`` / ``.oof.npy`` (the best
+snapshot of a cycle so far and its out-of-fold probabilities). Every write is atomic.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from salt_exp.io import atomic_path
+
+
+def work_root() -> Path:
+    return Path(os.environ.get("SALT_EXP_WORK") or "mlruns/work")
+
+
+@dataclass
+class SnapshotRef:
+    """The best epoch of one cycle so far, and where its weights and OOF probabilities are."""
+
+    cycle: int
+    epoch: int
+    val_map: float
+    val_best_thr: float
+    val_map_best_thr: float
+    weights: str
+    oof: str
+    bins: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class RunState:
+    epochs_done: int = 0
+    step: int = 0
+    max_lr: float | None = None
+    lr_find: dict[str, Any] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)  # one metrics dict per epoch
+    best: dict[int, SnapshotRef] = field(default_factory=dict)  # cycle -> best snapshot so far
+    published: list[int] = field(default_factory=list)  # cycles whose snapshot was logged + registered
+
+
+def save_state(path: Path, state: RunState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler) -> None:
+    payload = {
+        "state": {**asdict(state), "best": {c: asdict(s) for c, s in state.best.items()}},
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+        "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler) -> RunState:
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scaler.load_state_dict(payload["scaler"])
+    torch.set_rng_state(payload["torch_rng"])
+    np.random.set_state(payload["numpy_rng"])
+    raw = payload["state"]
+    raw["best"] = {int(c): SnapshotRef(**s) for c, s in raw["best"].items()}
+    return RunState(**raw)
+
+
+def save_snapshot(folder: Path, cycle: int, epoch: int, model: torch.nn.Module, meta: dict[str, Any],
+                  oof: np.ndarray) -> tuple[str, str]:
+    """Weights (+ meta, e.g. the config) and float16 OOF probabilities of one epoch; returns both paths."""
+    weights, probs = folder / f"cycle{cycle}_epoch{epoch}.pt", folder / f"cycle{cycle}_epoch{epoch}.oof.npy"
+    with atomic_path(weights) as tmp:
+        torch.save({"state_dict": model.state_dict(), **meta}, tmp)
+    with atomic_path(probs) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, oof.astype(np.float16))
+    return str(weights), str(probs)
+
+
+def drop_files(*paths: str) -> None:
+    for p in paths:
+        Path(p).unlink(missing_ok=True)
