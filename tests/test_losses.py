@@ -1,0 +1,180 @@
+"""Losses: Lovasz against a brute-force Lovasz extension, gradcheck, minima, deep supervision."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from salt_exp.errors import SaltError
+from salt_exp.losses import (
+    DeepSupervisionLoss,
+    bce,
+    build_seg_loss,
+    lovasz_elu,
+    lovasz_hinge,
+    soft_dice,
+    symmetric_lovasz,
+)
+from salt_exp.models import SaltOutput
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads stall for seconds per op."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def jaccard_loss_of_set(mistakes: frozenset[int], positives: frozenset[int]) -> float:
+    """Delta_J(M) = |M| / |positives U M|: the Jaccard loss when the pixels M are mispredicted."""
+    union = positives | mistakes
+    return len(mistakes) / len(union) if union else 0.0
+
+
+def brute_force_lovasz(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Lovasz extension of Delta_J at the hinge errors, from the definition, by enumeration.
+
+    For a submodular set function (Delta_J is, Berman et al. 2018) the Lovasz extension at m >= 0 is
+    the maximum over all orderings pi of sum_i m_pi(i) (Delta(S_i) - Delta(S_{i-1})), S_i the first
+    i elements: no sorting is used, every permutation is tried.
+    """
+    x, y = logits.flatten().tolist(), labels.flatten().tolist()
+    m = [max(0.0, 1.0 - xi * (2 * yi - 1)) for xi, yi in zip(x, y, strict=True)]
+    positives = frozenset(i for i, yi in enumerate(y) if yi > 0.5)
+    best = -float("inf")
+    for order in itertools.permutations(range(len(m))):
+        total, prev, chosen = 0.0, 0.0, set()
+        for i in order:
+            chosen.add(i)
+            cur = jaccard_loss_of_set(frozenset(chosen), positives)
+            total += m[i] * (cur - prev)
+            prev = cur
+        best = max(best, total)
+    return best
+
+
+def test_lovasz_equals_brute_force_extension() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        logits = torch.randn(3, 1, 2, 3, generator=gen, dtype=torch.float64) * 1.5
+        target = (torch.rand(3, 1, 2, 3, generator=gen) > 0.5).double()
+        target[0] = 0.0  # an empty image: per-image Lovasz is still defined
+        expected = sum(brute_force_lovasz(logits[b], target[b]) for b in range(3)) / 3
+        assert lovasz_hinge(logits, target).item() == pytest.approx(expected, abs=1e-12)
+
+
+def _away_from_kinks(shape: tuple[int, ...], target: torch.Tensor) -> torch.Tensor:
+    """Logits whose hinge errors are distinct and not near 0, so the loss is differentiable there."""
+    n = target.numel()
+    errors = torch.linspace(-1.5, 2.5, n, dtype=torch.float64)[torch.randperm(n)] + 0.013
+    signs = 2 * target.flatten() - 1
+    return ((1 - errors) * signs).reshape(shape)
+
+
+@pytest.mark.parametrize("loss", [lovasz_hinge, lovasz_elu, symmetric_lovasz, soft_dice, bce])
+def test_gradcheck_double(loss) -> None:
+    torch.manual_seed(1)
+    target = (torch.rand(2, 1, 4, 5) > 0.5).double()
+    logits = _away_from_kinks((2, 1, 4, 5), target).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: loss(x, target), (logits,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "terms",
+    [
+        {"lovasz": 1.0},
+        {"lovasz_elu": 1.0},
+        {"lovasz_symmetric": 1.0},
+        {"bce": 1.0},
+        {"dice": 1.0},
+        {"bce": 1.0, "lovasz": 0.5},
+    ],
+)
+def test_perfect_prediction_is_the_minimum(terms) -> None:
+    torch.manual_seed(2)
+    loss = build_seg_loss(terms)
+    target = torch.zeros(4, 1, 9, 9)
+    target[1, :, 3:] = 1.0
+    target[2, :, :, :5] = 1.0
+    target[3] = 1.0
+    perfect = 12.0 * (2 * target - 1)
+    best = loss(perfect, target)
+    flipped = perfect.clone()
+    flipped[:, :, 4, 2:6] *= -1  # a few wrong pixels in every image
+    for worse in (0.05 * perfect, flipped, -perfect):  # small margins, some errors, all wrong
+        assert loss(worse, target) > best
+    if set(terms) == {"lovasz"}:  # margin > 1 everywhere: the hinge is exactly 0, its minimum
+        assert best.item() == pytest.approx(0.0)
+        for scale in (0.5, 2.0):
+            assert loss(perfect + scale * 6 * torch.randn_like(perfect), target) >= best
+
+
+def test_symmetric_lovasz_is_symmetric() -> None:
+    torch.manual_seed(3)
+    x, y = torch.randn(2, 1, 6, 6), (torch.rand(2, 1, 6, 6) > 0.5).float()
+    torch.testing.assert_close(symmetric_lovasz(x, y), symmetric_lovasz(-x, 1 - y))
+    torch.testing.assert_close(symmetric_lovasz(x, y), (lovasz_hinge(x, y) + lovasz_hinge(-x, 1 - y)) / 2)
+
+
+def test_elu_variant_bounds_relu_variant() -> None:
+    torch.manual_seed(4)
+    x, y = torch.randn(2, 1, 6, 6), (torch.rand(2, 1, 6, 6) > 0.5).float()
+    assert lovasz_elu(x, y) >= lovasz_hinge(x, y)  # elu(e) + 1 >= relu(e) and the weights are >= 0
+
+
+def test_bce_and_dice_sanity() -> None:
+    x, y = torch.randn(2, 1, 5, 5), (torch.rand(2, 1, 5, 5) > 0.5).float()
+    torch.testing.assert_close(bce(x, y), F.binary_cross_entropy_with_logits(x, y))
+    target = torch.ones(1, 1, 5, 5)
+    assert soft_dice(torch.full_like(target, 20.0), target) < 1e-6
+    assert soft_dice(torch.full_like(target, -20.0), target) > 0.9
+    assert soft_dice(torch.full_like(target, -20.0), torch.zeros_like(target)) < 1e-6  # empty, empty
+
+
+def test_unknown_term_lists_valid_names() -> None:
+    with pytest.raises(SaltError, match="valid: bce, lovasz, lovasz_elu, lovasz_symmetric, dice"):
+        build_seg_loss({"focal": 1.0})
+
+
+def _output(batch: int, requires_grad: bool = True) -> SaltOutput:
+    torch.manual_seed(5)
+    make = lambda *s: torch.randn(*s, requires_grad=requires_grad)  # noqa: E731
+    return SaltOutput(fused=make(batch, 1, 101, 101), seg=make(batch, 1, 101, 101), cls=make(batch))
+
+
+def test_deep_supervision_parts() -> None:
+    out = _output(3)
+    target = torch.zeros(3, 1, 101, 101)
+    target[1, :, 50:] = 1.0
+    loss_fn = DeepSupervisionLoss({"bce": 1.0, "lovasz": 0.5})
+    total, parts = loss_fn(out, target)
+    seg_fn = build_seg_loss({"bce": 1.0, "lovasz": 0.5})
+    torch.testing.assert_close(parts["seg"], seg_fn(out.seg[1:2], target[1:2]).detach())
+    torch.testing.assert_close(parts["cls"], bce(out.cls, torch.tensor([0.0, 1.0, 0.0])).detach())
+    torch.testing.assert_close(total, 0.05 * parts["cls"] + 0.1 * parts["seg"] + parts["fused"])
+    total.backward()
+    assert out.seg.grad[0].abs().sum() == 0 and out.seg.grad[1].abs().sum() > 0  # seg: non-empty only
+
+
+def test_all_empty_batch_is_finite_with_valid_graph() -> None:
+    out = _output(2)
+    total, parts = DeepSupervisionLoss({"bce": 1.0, "lovasz_symmetric": 0.5})(out, torch.zeros(2, 1, 101, 101))
+    assert torch.isfinite(total) and parts["seg"].item() == 0.0
+    total.backward()
+    for tensor in (out.fused, out.seg, out.cls):
+        assert tensor.grad is not None and torch.isfinite(tensor.grad).all()
+
+
+def test_fused_only_output() -> None:
+    out = SaltOutput(fused=torch.randn(2, 1, 101, 101, requires_grad=True))
+    target = torch.zeros(2, 1, 101, 101)
+    target[0, :, 60:] = 1.0
+    total, parts = DeepSupervisionLoss({"lovasz": 1.0}, fused_weight=2.0)(out, target)
+    assert set(parts) == {"fused"}
+    torch.testing.assert_close(total, 2.0 * lovasz_hinge(out.fused, target))
+    total.backward()
