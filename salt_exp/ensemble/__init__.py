@@ -1,0 +1,1 @@
+"""Ensembling and mosaic-scale post-processing: the mosaic index, the jigsaw solver and the neighbour rules."""
