@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv test data check lint bench clean-cache
+.PHONY: venv test data check train ui lint bench clean-cache
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,11 +31,20 @@ data: $(DATA)/train.csv  ## write the synthetic dataset (once)
 check: data  ## validate the synthetic dataset and show what it holds
 	$(BIN)/salt-exp data check $(DATA)
 
+CONFIG ?= configs/tiny.yaml
+FOLD   ?= 0
+train: data  ## one fold run of CONFIG on DATA, logged to MLflow (default: the tiny CPU config)
+	$(BIN)/salt-exp train $(CONFIG) --fold $(FOLD) --set data.root=$(DATA) $(if $(STUDY),--study $(STUDY),)
+
+ui: $(STAMP)  ## the MLflow UI on http://127.0.0.1:5000 over mlruns/
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
 lint: $(STAMP)
 	$(BIN)/ruff check salt_exp tests benchmarks
 
-bench: $(STAMP)  ## benchmarks; results go to docs/BENCHMARKS.md by hand
+bench: data  ## benchmarks; results go to docs/BENCHMARKS.md by hand
 	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_train.py --data $(DATA)
 
 clean-cache:
 	rm -rf $${SALT_EXP_CACHE:-$$HOME/.cache/salt-exp}

@@ -68,7 +68,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class PaddingConfig:
     mode: PaddingMode = "replicate"
-    size: int = _num(128, ge=101)
+    size: int = _num(128, ge=32)  # >= 101 except for resize; a multiple of 32 (the encoders' deepest stride)
 
 
 @dataclass(frozen=True)
@@ -335,6 +335,9 @@ def _check_consistency(cfg: ExperimentConfig, where: str) -> None:
     """Rules that involve more than one field."""
     if cfg.optim.lr == "auto" and not cfg.lr_find.enabled:
         raise SaltError(f"{where}: optim.lr is 'auto' but lr_find.enabled is false; set optim.lr to a number")
+    if cfg.padding.size % 32 or (cfg.padding.mode != "resize" and cfg.padding.size < 101):
+        raise SaltError(f"{where}: padding.size must be a multiple of 32 and >= 101 unless padding.mode is resize, "
+                        f"got {cfg.padding.size} with mode {cfg.padding.mode}")
     if cfg.lr_find.start_lr >= cfg.lr_find.end_lr:
         raise SaltError(f"{where}: lr_find.start_lr ({cfg.lr_find.start_lr}) must be < end_lr ({cfg.lr_find.end_lr})")
     if cfg.schedule.warmup_epochs >= cfg.schedule.cycle_epochs:

@@ -100,7 +100,8 @@ class TileAdapter:
     def __init__(self, mode: str = "replicate", size: int = 128, cache_items: int = 20000) -> None:
         _check_mode(mode)
         self.mode, self.size = mode, size
-        self.before, self.after = pad_offsets(size)
+        # resize may also shrink (e.g. 64 px for fast smoke runs); the other modes pad around the tile
+        self.before, self.after = (0, 0) if mode == "resize" else pad_offsets(size)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # biharmonic tiles by content hash
         self._cache_items = cache_items
 
