@@ -81,6 +81,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if r.status == "FINISHED" else 1
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from salt_exp.ensemble.build import EnsembleSpec, build_ensemble
+    from salt_exp.ensemble.track import log_ensemble
+
+    models = tuple(m for m in (args.models or f"salt-{args.study}").split(",") if m)
+    threshold = args.threshold if args.threshold == "search" else float(args.threshold)
+    spec = EnsembleSpec(args.study, models, args.top_cycles, threshold, args.postprocess, args.data, args.out, args.device)
+    with tempfile.TemporaryDirectory(prefix="salt-exp-ens-") as tmp:
+        result, data = build_ensemble(spec, Path(tmp))
+        run_id, version, lb = log_ensemble(spec, result, Path(data.root))
+    oof = result.oof
+    print(f"ensemble run {run_id}, registered salt-{args.study}-ensemble v{version} (alias champion)")
+    print(f"members: {sum(len(v) for v in result.selection.values())} snapshots over folds {sorted(result.selection)}")
+    print(f"OOF mAP {oof.score:.4f} (best single snapshot {oof.best_single:.4f}); thresholds "
+          + ", ".join(f"fold {f.fold}: {f.threshold:.2f}" for f in oof.folds))
+    for g in result.rule_gains:
+        print(f"  post-processing {g['rule']:<28} OOF gain {g['gain']:+.4f} ({g['tiles_changed']} tiles changed)")
+    print(f"rules applied: {', '.join(result.rules) or 'none'}; OOF after post-processing {result.oof_post:.4f}")
+    if result.submission:
+        print(f"submission: {result.submission}" + "".join(f"; {k} LB {lb[k]:.4f}" for k in ("public", "private") if lb.get(k) is not None))
+    else:
+        print("no test/images in the dataset: no submission written")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from salt_exp.models import list_encoders
 
@@ -130,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default="adhoc", help="experiment salt/<study> and registered model salt-<study>")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run of this study/fold/config")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("ensemble", help="build, score and register an ensemble from the registry; write a submission")
+    p.add_argument("--study", required=True)
+    p.add_argument("--models", help="comma list of registered models (default salt-<study>)")
+    p.add_argument("--top-cycles", type=int, default=2, help="snapshots per fold and model, best val_map first")
+    p.add_argument("--threshold", default="search", help="'search' (per fold, on its OOF) or a number")
+    p.add_argument("--postprocess", default="auto", help="auto (rules with OOF gain > 0) | none | comma list")
+    p.add_argument("--data", help="dataset folder (default: the members' data root)")
+    p.add_argument("--out", help="submission path (default submissions/<study>.csv)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("models", help="list the encoders with parameter counts")
     p.add_argument("--json", action="store_true")

@@ -427,6 +427,13 @@ def apply_overrides(cfg: ExperimentConfig, overrides: Sequence[str]) -> Experime
     return out
 
 
+def config_from_dict(raw: Mapping[str, Any], where: str = "config") -> ExperimentConfig:
+    """Rebuild and validate a config from ``to_dict`` output (e.g. the one stored in a snapshot)."""
+    cfg = _build(ExperimentConfig, _check_section(dict(raw), ExperimentConfig, "", where))
+    _check_consistency(cfg, where)
+    return cfg
+
+
 # ---------------------------------------------------------------- export
 
 

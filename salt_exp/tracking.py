@@ -166,11 +166,11 @@ class RunTracker:
             pass  # already exists
         for v in self.client.search_model_versions(f"name='{model_name}' and run_id='{self.run_id}'"):
             if v.tags.get(key_tag) == str(tags.get(key_tag)):
-                return v.version
+                return str(v.version)
         source = f"{self.artifact_uri}/{artifact_path}"
         version = self.client.create_model_version(model_name, source=source, run_id=self.run_id,
                                                    tags={k: str(v) for k, v in tags.items()})
-        return version.version
+        return str(version.version)
 
 
 def find_runs(experiment: str, filter_string: str = "", max_results: int = 1000) -> list[Any]:
@@ -185,3 +185,111 @@ def find_runs(experiment: str, filter_string: str = "", max_results: int = 1000)
 
 def temp_dir() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="salt-exp-")
+
+
+# ---------------------------------------------------------------- registry reads (ensemble builder)
+
+
+def registry_versions(model_name: str) -> list[dict[str, Any]]:
+    """Every version of a registered model as plain dicts: version, run_id, source, tags; [] when absent."""
+    c = client()
+    try:
+        found = c.search_model_versions(f"name='{model_name}'")
+    except MlflowException:
+        return []
+    return [{"name": model_name, "version": str(v.version), "run_id": v.run_id, "source": v.source, "tags": dict(v.tags)}
+            for v in found]
+
+
+def download_run_artifact(run_id: str, artifact_path: str, dst: str | Path) -> Path:
+    """Download one artifact of a run into ``dst`` and return its local path."""
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst),
+                                                    tracking_uri=tracking_uri()))
+
+
+def set_model_alias(model_name: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(model_name, alias, version)
+
+
+# ---------------------------------------------------------------- study support (parent runs, a local server)
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    """Latest value of each metric of a run."""
+    return dict(client().get_run(run_id).data.metrics)
+
+
+def ensure_experiment(name: str) -> str:
+    """Create experiment ``name`` now (so its artifact location is fixed before any server starts)."""
+    return experiment_id(client(), name)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class LocalServer:
+    """``mlflow server`` on 127.0.0.1 over a SQLite store, so that several processes write through one.
+
+    ``with LocalServer(db_uri, artifact_root) as uri:`` yields ``http://127.0.0.1:<port>``; the server
+    runs in its own process group and is stopped (the whole group) on exit.
+    """
+
+    def __init__(self, backend_uri: str, artifact_root: Path, log_path: Path, timeout: float = 120.0) -> None:
+        self.backend_uri, self.artifact_root, self.log_path, self.timeout = backend_uri, artifact_root, log_path, timeout
+        self.proc: subprocess.Popen | None = None
+        self.uri = ""
+
+    def __enter__(self) -> str:
+        import sys
+
+        port = free_port()
+        self.uri = f"http://127.0.0.1:{port}"
+        root = self.artifact_root.resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", self.backend_uri, "--default-artifact-root", root.as_uri(),
+               "--artifacts-destination", root.as_uri()]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready()
+        return self.uri
+
+    def _wait_ready(self) -> None:
+        import urllib.request
+
+        deadline = time.time() + self.timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:  # noqa: S310 - local URL
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        self.__exit__()
+        raise RuntimeError(f"mlflow server did not answer on {self.uri} within {self.timeout:.0f}s; see {self.log_path}")
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+def run_tags(run_id: str) -> dict[str, str]:
+    return dict(client().get_run(run_id).data.tags)

@@ -1,0 +1,120 @@
+"""``salt-exp ensemble``: registry selection -> OOF score -> post-processing -> test prediction -> submission.
+
+Everything the ensemble used and measured goes to one MLflow run (``salt.role=ensemble``) and
+the ensemble is registered as a version of ``salt-<study>-ensemble`` (alias ``champion``) whose
+tags pin its member versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from salt_exp.data.kaggle import KaggleData, load_kaggle
+from salt_exp.data.rle import rle_encode
+from salt_exp.ensemble.mosaic import MosaicIndex
+from salt_exp.ensemble.oof import OOFResult, evaluate_oof
+from salt_exp.ensemble.postprocess import RULE_ORDER, apply_rules, measure_rules
+from salt_exp.ensemble.predict import predict_test
+from salt_exp.ensemble.select import Member, select_members
+from salt_exp.errors import SaltError
+from salt_exp.io import atomic_open
+from salt_exp.tracking import run_tags
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    study: str
+    models: tuple[str, ...]
+    top_k: int = 2
+    threshold: str | float = "search"
+    postprocess: str = "auto"  # auto (rules with a positive OOF gain) | none | comma list of rules
+    data: str | None = None  # default: the data root the members were trained on
+    out: str | None = None  # default: submissions/<study>.csv
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    selection: dict[int, list[Member]]
+    oof: OOFResult
+    rule_gains: list[dict]
+    rules: list[str]
+    oof_post: float
+    submission: Path | None
+    test_threshold: float
+
+
+def mosaic_index(data: KaggleData) -> tuple[MosaicIndex | None, str]:
+    """Mosaics from mosaics.csv, else reconstructed from tile edges by the jigsaw solver."""
+    if data.mosaics is not None:
+        return MosaicIndex.from_frame(data.mosaics), "mosaics.csv"
+    from salt_exp.ensemble.jigsaw import solve_jigsaw
+
+    tiles = [data.train] + ([data.test] if data.test is not None else [])
+    ids = np.concatenate([t.ids for t in tiles])
+    frame = solve_jigsaw(ids, np.concatenate([t.images for t in tiles]))
+    return (MosaicIndex.from_frame(frame), "jigsaw") if len(frame) else (None, "none")
+
+
+def choose_rules(spec: str, gains: list[dict]) -> list[str]:
+    if spec == "none":
+        return []
+    if spec == "auto":
+        return [g["rule"] for g in gains if g["rule"] in RULE_ORDER and g["gain"] > 0]
+    rules = [r.strip() for r in spec.split(",") if r.strip()]
+    unknown = [r for r in rules if r not in RULE_ORDER]
+    if unknown:
+        raise SaltError(f"--postprocess: unknown rule {unknown[0]!r}; valid: auto, none or a comma list of {', '.join(RULE_ORDER)}")
+    return rules
+
+
+def _data_for(spec: EnsembleSpec, selection: dict[int, list[Member]]) -> KaggleData:
+    root = spec.data or run_tags(next(iter(selection.values()))[0].run_id).get("salt.data_root")
+    if not root:
+        raise SaltError("--data is needed: the member runs do not record their data root")
+    return load_kaggle(root)
+
+
+def write_submission(path: Path, ids: Sequence[str], masks: np.ndarray) -> Path:
+    """The Kaggle submission (id,rle_mask), written atomically."""
+    frame = pd.DataFrame({"id": list(ids), "rle_mask": [rle_encode(m) for m in masks]})
+    with atomic_open(path, "w", newline="") as fh:
+        frame.to_csv(fh, index=False)
+    return path
+
+
+def _postprocess_test(pred: np.ndarray, data: KaggleData, index: MosaicIndex | None, rules: list[str]) -> np.ndarray:
+    """Apply the rules to test tiles, with the known train masks as their mosaic neighbours."""
+    if not rules or index is None:
+        return pred
+    ids = np.concatenate([data.test.ids, data.train.ids])
+    images = np.concatenate([data.test.images, data.train.images])
+    both = np.concatenate([pred, data.train.masks])
+    return apply_rules(both, ids, images, index, rules)[: len(pred)]
+
+
+def build_ensemble(spec: EnsembleSpec, cache: Path) -> tuple[EnsembleResult, KaggleData]:
+    selection = select_members(spec.models, spec.top_k)
+    data = _data_for(spec, selection)
+    oof = evaluate_oof(selection, data.train, spec.threshold, cache)
+    index, _ = mosaic_index(data)
+    truth = data.train.masks[data.train.position(oof.ids)]
+    images = data.train.images[data.train.position(oof.ids)]
+    gains = measure_rules(oof.pred, truth, oof.ids, images, index, list(RULE_ORDER)) if index is not None else []
+    rules = choose_rules(spec.postprocess, gains)
+    post = apply_rules(oof.pred, oof.ids, images, index, rules) if rules else oof.pred
+    from salt_exp.metrics import image_scores
+
+    oof_post = float(image_scores(post, truth).mean())
+    thr = float(np.mean([f.threshold for f in oof.folds]))
+    submission = None
+    if data.test is not None:
+        probs = predict_test(selection, data.test, cache, spec.device)
+        pred = _postprocess_test((probs > thr).astype(np.uint8), data, index, rules)
+        submission = write_submission(Path(spec.out or f"submissions/{spec.study}.csv"), data.test.ids, pred)
+    return EnsembleResult(selection, oof, gains, rules, oof_post, submission, thr), data
