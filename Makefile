@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv test data check train ui lint bench clean-cache
+.PHONY: venv test data check train ensemble ui lint bench clean-cache
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ CONFIG ?= configs/tiny.yaml
 FOLD   ?= 0
 train: data  ## one fold run of CONFIG on DATA, logged to MLflow (default: the tiny CPU config)
 	$(BIN)/salt-exp train $(CONFIG) --fold $(FOLD) --set data.root=$(DATA) $(if $(STUDY),--study $(STUDY),)
+
+ensemble: $(STAMP)  ## ensemble of study NAME from the registry -> submissions/NAME.csv
+	$(BIN)/salt-exp ensemble --study $(NAME) $(ENSEMBLE_ARGS)
 
 ui: $(STAMP)  ## the MLflow UI on http://127.0.0.1:5000 over mlruns/
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000

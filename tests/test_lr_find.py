@@ -130,6 +130,15 @@ def test_suggestion_is_the_steepest_descent_of_a_known_curve():
     assert suggest_lr(lrs, rising) == lrs[0]
 
 
+def test_flat_curve_does_not_suggest_its_far_left_noise():
+    # a short sweep of a tiny model: flat with an early dip (EMA warm-up), lowest near lr = 0.5
+    lrs = list(np.logspace(-5, 0, 20))
+    losses = [1.3746, 1.3594, 1.3595, 1.3648, 1.3613, 1.3619, 1.3612, 1.3636, 1.3630, 1.3629,
+              1.3601, 1.3579, 1.3581, 1.3600, 1.3543, 1.3610, 1.3636, 1.3511, 1.3384, 1.3535]
+    best = lrs[int(np.argmin(losses))]
+    assert best / 100 <= suggest_lr(lrs, losses) <= best
+
+
 def test_plot_writes_an_image(tmp_path):
     lrs = list(np.logspace(-5, 0, 50))
     losses = list(1.0 - np.tanh(np.log10(lrs) + 2.0))

@@ -50,21 +50,24 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> float:
     """The LR at the steepest descent of the smoothed loss, searched before its minimum.
 
     Rule: take d(loss)/d(log10 lr) by finite differences, smooth it with a centred moving average
-    of 5 points, skip the first ``min(10, n // 10)`` points (the EMA is still warming up), and return
-    the LR where the smoothed gradient is most negative among the points up to the loss minimum.
-    When fewer than 3 points qualify, or the loss never descends there, fall back to
-    (LR at the minimum loss) / 10. The result is clamped to ``lrs[0]``; it always lies at or below
-    the LR of the minimum loss, hence below the LR where the loss diverged.
+    of 5 points, and return the LR where the smoothed gradient is most negative among the points
+    from two decades below the loss minimum up to the minimum (and past the first ``min(10, n // 10)``
+    points, where the EMA is still warming up). The two-decade window keeps a nearly flat curve
+    (short sweeps, tiny models) from suggesting the noise at its far left. When fewer than 3 points
+    qualify, or the loss never descends there, fall back to (LR at the minimum loss) / 10. The
+    result is clamped to ``lrs[0]``; it always lies at or below the LR of the minimum loss, hence
+    below the LR where the loss diverged.
     """
     if not lrs:
         raise ValueError("no LR range test points to suggest from")
     loss = np.asarray(losses, dtype=np.float64)
     best = int(np.nanargmin(loss))
     fallback = max(lrs[0], lrs[best] / 10.0)
-    skip = min(10, len(lrs) // 10)
+    lr_arr = np.asarray(lrs, dtype=np.float64)
+    skip = max(min(10, len(lrs) // 10), int(np.searchsorted(lr_arr, lrs[best] / 100.0)))
     if best - skip + 1 < 3:
         return fallback
-    grad = np.gradient(loss, np.log10(np.asarray(lrs, dtype=np.float64)))
+    grad = np.gradient(loss, np.log10(lr_arr))
     kernel = np.ones(5) / 5.0
     padded = np.pad(grad, 2, mode="edge")
     smooth = np.convolve(padded, kernel, mode="valid")
