@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv test data check train ensemble ui lint bench clean-cache
+.PHONY: venv test data check train study dashboard ensemble ui lint bench clean-cache
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ CONFIG ?= configs/tiny.yaml
 FOLD   ?= 0
 train: data  ## one fold run of CONFIG on DATA, logged to MLflow (default: the tiny CPU config)
 	$(BIN)/salt-exp train $(CONFIG) --fold $(FOLD) --set data.root=$(DATA) $(if $(STUDY),--study $(STUDY),)
+
+NAME    ?= quickstart
+WORKERS ?= 1
+study: data  ## run (or resume) studies/NAME.yaml on DATA (then its ensemble); WORKERS=N, OPTUNA_STORAGE=url
+	$(BIN)/salt-exp study studies/$(NAME).yaml --set data.root=$(DATA) --workers $(WORKERS) $(if $(OPTUNA_STORAGE),--storage $(OPTUNA_STORAGE),)
+
+dashboard: $(STAMP)  ## optuna-dashboard of study NAME on http://127.0.0.1:8080
+	$(BIN)/optuna-dashboard $(or $(OPTUNA_STORAGE),mlruns/optuna/$(NAME).journal --storage-class JournalFileStorage) --host 127.0.0.1 --port 8080
 
 ensemble: $(STAMP)  ## ensemble of study NAME from the registry -> submissions/NAME.csv
 	$(BIN)/salt-exp ensemble --study $(NAME) $(ENSEMBLE_ARGS)

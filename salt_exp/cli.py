@@ -109,6 +109,30 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from salt_exp.study.driver import StudyRequest, run_study
+    from salt_exp.study.report import format_report, study_report
+    from salt_exp.study.spec import load_study_spec
+
+    spec = load_study_spec(args.file, args.set)
+    codes = run_study(StudyRequest(args.file, args.storage, tuple(args.set), args.n_trials, args.workers))
+    print(format_report(study_report(spec.name, args.storage)))
+    if spec.ensemble and not args.no_ensemble:
+        e = spec.ensemble
+        ens = argparse.Namespace(study=spec.name, models=None, top_cycles=e["top_cycles"], threshold=str(e["threshold"]),
+                                 postprocess=e["postprocess"], data=None, out=None, device="auto")
+        codes.append(cmd_ensemble(ens))
+    return 0 if all(c == 0 for c in codes) else 1
+
+
+def cmd_study_report(args: argparse.Namespace) -> int:
+    from salt_exp.study.report import format_report, study_report
+
+    report = study_report(args.name, args.storage)
+    _print_json(report) if args.json else print(format_report(report))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from salt_exp.models import list_encoders
 
@@ -158,6 +182,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default="adhoc", help="experiment salt/<study> and registered model salt-<study>")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run of this study/fold/config")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("study", help="run (or resume) an Optuna study of fold runs, tracked in MLflow")
+    p.add_argument("file", help="studies/<name>.yaml (the study is named after the file)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage: a journal file path (default mlruns/optuna/<name>.journal) or postgresql+psycopg2://...")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--n-trials", type=int, default=None, help="total trials of the study (default: the file's n_trials)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override applied to every trial, repeatable (e.g. data.root=../shared/tgs)")
+    p.add_argument("--no-ensemble", action="store_true", help="skip the study file's ensemble section")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("study-report", help="table of a study's trials and its best trial")
+    p.add_argument("name", help="study name (the study file's stem)")
+    p.add_argument("--storage", default=None, help="as for `study` (default mlruns/optuna/<name>.journal)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_study_report)
 
     p = sub.add_parser("ensemble", help="build, score and register an ensemble from the registry; write a submission")
     p.add_argument("--study", required=True)

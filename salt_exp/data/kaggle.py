@@ -9,10 +9,10 @@ one and keeps a validated in-memory copy in a cache that follows the files.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,7 @@ class TileSet:
         flat = self.images.reshape(len(self), -1)
         return flat.min(axis=1) == flat.max(axis=1)
 
-    def position(self, ids: "list[str] | np.ndarray") -> np.ndarray:
+    def position(self, ids: list[str] | np.ndarray) -> np.ndarray:
         """Row indices of ``ids``; SaltError naming the first unknown id."""
         lookup = {k: i for i, k in enumerate(self.ids.tolist())}
         missing = [k for k in ids if k not in lookup]

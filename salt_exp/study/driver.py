@@ -1,0 +1,179 @@
+"""``salt-exp study``: workers that ask Optuna for trials until the budget is used, resumable.
+
+One worker is a loop: requeue stale trials, stop when the budget (``n_trials`` counted over the
+whole study, all workers and invocations) is used or the timeout passed, ask, run, tell. An error
+in a trial is recorded (Optuna FAIL + ``salt.failure``, MLflow ``salt.state=FAIL``) and the loop goes
+on; Ctrl-C or SIGTERM requeues the running trial and stops. ``--workers N`` runs N spawned worker
+processes against the same storage; with the SQLite MLflow store a local ``mlflow server`` is the
+one writer and the workers talk to it over HTTP.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from salt_exp.study.recover import FAILURE, SKIPPED, Heartbeat, budget_left, over_budget, recover_stale, requeue
+from salt_exp.study.spec import StudySpec, load_study_spec
+from salt_exp.study.storage import open_study
+from salt_exp.study.trial import TrialContext, one_line, run_trial
+from salt_exp.tracking import LocalServer, ensure_experiment, tracking_uri
+from salt_exp.train.run import experiment_name
+
+
+@dataclass(frozen=True)
+class StudyRequest:
+    """What ``salt-exp study`` was asked: the file, where the study lives, and the run-wide knobs."""
+
+    spec_path: str
+    storage: str | None = None
+    overrides: tuple[str, ...] = ()
+    n_trials: int | None = None
+    workers: int = 1
+    torch_threads: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _log(spec: StudySpec, text: str) -> None:
+    print(f"[study {spec.name} pid {os.getpid()}] {text}", flush=True)
+
+
+@contextmanager
+def _term_as_interrupt() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C for the whole worker loop, so the running trial is requeued."""
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
+def _run_one(ctx: TrialContext, trial: optuna.Trial) -> str:
+    study, t0 = ctx.study, time.time()
+    with Heartbeat(trial):
+        try:
+            value = run_trial(ctx, trial)
+        except optuna.TrialPruned as exc:
+            study.tell(trial, state=TrialState.PRUNED)
+            _log(ctx.spec, f"trial {trial.number} PRUNED ({exc})")
+            return "PRUNED"
+        except KeyboardInterrupt:
+            requeue(study, _frozen(study, trial.number), "interrupted (Ctrl-C/SIGTERM); resumed by a later trial")
+            _log(ctx.spec, f"trial {trial.number} interrupted: requeued, the next run resumes it")
+            raise
+        except Exception as exc:  # noqa: BLE001 - one trial's error is recorded and the study goes on
+            trial.set_user_attr(FAILURE, one_line(exc))
+            study.tell(trial, state=TrialState.FAIL)
+            _log(ctx.spec, f"trial {trial.number} FAIL: {one_line(exc)}")
+            return "FAIL"
+    study.tell(trial, value)
+    _log(ctx.spec, f"trial {trial.number} COMPLETE cv_map={value:.4f} ({time.time() - t0:.0f}s)")
+    return "COMPLETE"
+
+
+def run_worker(req: StudyRequest) -> list[tuple[int, str]]:
+    """Run trials of the study until its budget is used or the timeout passes; returns (number, state)."""
+    spec = load_study_spec(req.spec_path, req.overrides)
+    n_trials = spec.n_trials if req.n_trials is None else req.n_trials
+    study = open_study(spec, req.storage)
+    ctx = TrialContext(study, spec, spec.base_config())
+    deadline = None if spec.timeout is None else time.time() + spec.timeout
+    done: list[tuple[int, str]] = []
+    with _term_as_interrupt():
+        while deadline is None or time.time() < deadline:
+            for number in recover_stale(study, spec.stale_after):
+                _log(spec, f"trial {number} was interrupted (worker gone): requeued to resume")
+            if not budget_left(study, n_trials):
+                break
+            trial = study.ask()
+            if over_budget(study, trial, n_trials):
+                trial.set_user_attr(SKIPPED, "over budget: another worker asked at the same time")
+                study.tell(trial, state=TrialState.FAIL)
+                break
+            done.append((trial.number, _run_one(ctx, trial)))
+    return done
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the driver dies (even by SIGKILL), so it requeues its trial."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_entry(req: StudyRequest) -> None:
+    _die_with_parent()
+    os.environ.update(req.env)
+    if req.torch_threads:
+        import torch
+
+        torch.set_num_threads(req.torch_threads)
+    try:
+        run_worker(req)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def _spawn(req: StudyRequest, uri: str) -> list[int]:
+    threads = max(1, (os.cpu_count() or 1) // req.workers)
+    child = StudyRequest(req.spec_path, req.storage, req.overrides, req.n_trials, 1, threads,
+                         {**req.env, "MLFLOW_TRACKING_URI": uri})
+    mp = multiprocessing.get_context("spawn")  # never fork a process that may hold torch/MLflow threads
+    procs = [mp.Process(target=_worker_entry, args=(child,), name=f"salt-study-worker-{i}") for i in range(req.workers)]
+    try:
+        with _term_as_interrupt():
+            for p in procs:
+                p.start()
+                time.sleep(1.0)  # stagger the first asks a little
+            for p in procs:
+                p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()  # SIGTERM: each worker requeues its trial
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+        raise
+    return [p.exitcode for p in procs]
+
+
+def run_study(req: StudyRequest) -> list[int]:
+    """The driver: validate, create/load the study, requeue stale trials, then run 1 or N workers.
+
+    Returns the workers' exit codes ([0] for the in-process worker).
+    """
+    spec = load_study_spec(req.spec_path, req.overrides)
+    study = open_study(spec, req.storage)
+    ensure_experiment(experiment_name(spec.name))  # fixes its artifact location before any server starts
+    for number in recover_stale(study, spec.stale_after):
+        _log(spec, f"trial {number} was interrupted (worker gone): requeued to resume")
+    if req.workers <= 1:
+        run_worker(req)
+        return [0]
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:"):
+        return _spawn(req, uri)  # a server or a PostgreSQL store already takes concurrent writers
+    db = Path(uri[len("sqlite:///"):])
+    with LocalServer(uri, db.parent / "artifacts", db.parent / "mlflow-server.log") as server_uri:
+        _log(spec, f"{req.workers} workers; MLflow through a local server at {server_uri}")
+        return _spawn(req, server_uri)

@@ -1,0 +1,63 @@
+"""``salt-exp study-report``: the trials of a study (from Optuna alone) and the best one."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from salt_exp.study.recover import FAILURE, RESUME_OF, SKIPPED, mlflow_trial_number
+from salt_exp.study.storage import load_study
+
+
+def _row(t: FrozenTrial, superseded_by: dict[int, int]) -> dict[str, Any]:
+    folds = {k[len("salt.fold"):-len("_map")]: v for k, v in t.user_attrs.items()
+             if k.startswith("salt.fold") and k.endswith("_map")}
+    state = t.state.name
+    if t.number in superseded_by:
+        state = f"RESUMED->{superseded_by[t.number]}"
+    elif SKIPPED in t.user_attrs:
+        state = "SKIPPED"
+    return {"number": t.number, "mlflow_trial": mlflow_trial_number(t.number, t.user_attrs), "state": state,
+            "cv_map": t.value if t.state == TrialState.COMPLETE else None,
+            "folds": dict(sorted(folds.items(), key=lambda kv: int(kv[0]))), "params": dict(t.params),
+            "duration_s": t.duration.total_seconds() if t.duration else None,
+            "failure": t.user_attrs.get(FAILURE), "parent_run_id": t.user_attrs.get("salt.parent_run_id")}
+
+
+def study_report(name: str, storage: str | None) -> dict[str, Any]:
+    study = load_study(name, storage)
+    trials = study.get_trials(deepcopy=False)
+    superseded_by = {t.user_attrs[RESUME_OF]: t.number for t in trials if RESUME_OF in t.user_attrs}
+    rows = [_row(t, superseded_by) for t in trials]
+    complete = [r for r in rows if r["state"] == "COMPLETE"]
+    best = max(complete, key=lambda r: r["cv_map"]) if complete else None
+    return {"study": name, "direction": "maximize", "trials": rows, "best": best}
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    folds = sorted({k for r in report["trials"] for k in r["folds"]}, key=int)
+    head = ["trial", "state", "cv_map", *[f"fold{k}" for k in folds], "duration", "params"]
+    lines = [head]
+    for r in report["trials"]:
+        dur = f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"
+        params = " ".join(f"{k}={v}" for k, v in r["params"].items())
+        if r["failure"] and r["state"] == "FAIL":
+            params += f"  [{r['failure']}]"
+        lines.append([str(r["number"]), r["state"], _fmt(r["cv_map"]), *[_fmt(r["folds"].get(k)) for k in folds],
+                      dur, params])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head) - 1)]
+    text = ["  ".join([*(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)), row[-1]]).rstrip() for row in lines]
+    best = report["best"]
+    text.append(f"best: trial {best['number']} cv_map={best['cv_map']:.4f} "
+                + json.dumps(best["params"]) if best else "best: none (no COMPLETE trial yet)")
+    return "\n".join([f"study {report['study']} ({len(report['trials'])} trials)", *text])
