@@ -56,6 +56,10 @@ lint: $(STAMP)
 bench: data  ## benchmarks; results go to docs/BENCHMARKS.md by hand
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_train.py --data $(DATA)
+	$(BIN)/python benchmarks/bench_predict.py
+	$(BIN)/python benchmarks/bench_jigsaw.py
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
+	$(BIN)/python benchmarks/bench_models.py
 
 clean-cache:
 	rm -rf $${SALT_EXP_CACHE:-$$HOME/.cache/salt-exp}
