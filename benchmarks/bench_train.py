@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         os.environ["SALT_EXP_WORK"] = f"{tmp}/work"
+        home = os.getcwd()
         os.chdir(tmp)
         t0 = time.perf_counter()
         info = run_fold(cfg, 0, study="bench")
@@ -68,18 +69,19 @@ def run(args: argparse.Namespace) -> None:
 
         c = MlflowClient()
         hist = {k: [m.value for m in c.get_metric_history(info.run_id, k)] for k in ("epoch_seconds", "train_images_per_s")}
+        fd = load_fold(cfg, 0)
+        loader = train_loader(cfg, fd, 0)
+        n, t0 = 0, time.perf_counter()
+        for _ in range(3):
+            for batch in loader:
+                n += len(batch["image"])
+        load_ips = n / (time.perf_counter() - t0)
+        os.chdir(home)
     hook_s = sum(h.seconds for h in timed)
     per_epoch_s = sum(h.by_event.get("on_epoch", 0.0) for h in timed)
     per_cycle_s = sum(h.by_event.get("on_snapshot", 0.0) for h in timed)
     epoch_s = sum(hist["epoch_seconds"])
     model_ips = sum(hist["train_images_per_s"]) / len(hist["train_images_per_s"])
-    fd = load_fold(cfg, 0)
-    loader = train_loader(cfg, fd, 0)
-    n, t0 = 0, time.perf_counter()
-    for _ in range(3):
-        for batch in loader:
-            n += len(batch["image"])
-    load_ips = n / (time.perf_counter() - t0)
     print(f"| encoder | {args.encoder} |\n| --- | --- |")
     print(f"| run wall time (s) | {wall:.1f} |")
     print(f"| epochs x batches | {args.epochs} x {args.batches} (batch {cfg.optim.batch_size}) |")
