@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -181,10 +180,6 @@ def find_runs(experiment: str, filter_string: str = "", max_results: int = 1000)
         return []
     return c.search_runs([exp.experiment_id], filter_string=filter_string, max_results=max_results,
                          order_by=["attributes.start_time DESC"])
-
-
-def temp_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="salt-exp-")
 
 
 # ---------------------------------------------------------------- registry reads (ensemble builder)

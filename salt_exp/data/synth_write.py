@@ -14,13 +14,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from salt_exp.data.pngio import write_image, write_mask
 from salt_exp.data.rle import rle_encode
-
-COVERAGE_BINS = ("empty", "(0,1%]", "(1,10%]", "(10,30%]", "(30,60%]", "(60,100%]")
-_BIN_EDGES = (0.01, 0.10, 0.30, 0.60)
+from salt_exp.metrics import BIN_NAMES, coverage_bins
 
 
 @dataclass
@@ -39,32 +37,17 @@ class Tile:
     blank: bool = False
 
 
-def coverage_bin(mask: np.ndarray) -> str:
-    """The coverage bin of a mask: empty is kept apart from almost empty."""
-    coverage = float(np.count_nonzero(mask)) / mask.size
-    if coverage == 0.0:
-        return COVERAGE_BINS[0]
-    return COVERAGE_BINS[1 + int(np.searchsorted(_BIN_EDGES, coverage, side="left"))]
-
-
 def coverage_histogram(masks: Iterable[np.ndarray]) -> dict[str, int]:
-    """Counts per coverage bin, in bin order."""
-    counts = dict.fromkeys(COVERAGE_BINS, 0)
-    for mask in masks:
-        counts[coverage_bin(mask)] += 1
-    return counts
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), array):
-        raise OSError(f"could not write {path}")
+    """Counts per coverage bin (the metric's bins, empty kept apart from almost empty), in bin order."""
+    masks = list(masks)
+    bins = coverage_bins(np.stack(masks)) if masks else np.zeros(0, np.int64)
+    return {name: int((bins == i).sum()) for i, name in enumerate(BIN_NAMES)}
 
 
 def _write_tile_files(root: Path, tile: Tile) -> None:
-    _write_png(root / tile.split / "images" / f"{tile.id}.png", cv2.merge([tile.image] * 3))
+    write_image(root / tile.split / "images" / f"{tile.id}.png", tile.image)
     if tile.split == "train":
-        mask = tile.label.astype(np.uint16) * 65535 if tile.label.any() else np.zeros(tile.label.shape, np.uint8)
-        _write_png(root / "train" / "masks" / f"{tile.id}.png", mask)
+        write_mask(root / "train" / "masks" / f"{tile.id}.png", tile.label)
 
 
 def _write_csv(path: Path, header: str, rows: Iterable[str]) -> None:
