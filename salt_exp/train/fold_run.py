@@ -18,7 +18,7 @@ import torch
 
 from salt_exp.config import ExperimentConfig, to_dict
 from salt_exp.metrics import bin_breakdown, coverage_bins, image_scores, threshold_search
-from salt_exp.train.engine import NonFiniteLoss, Runtime, predict, train_epoch
+from salt_exp.train.engine import NonFiniteLoss, Runtime, forward_cropped, predict, train_epoch
 from salt_exp.train.lr_find import LRFindResult, lr_range_test
 from salt_exp.train.schedule import cosine_cycles
 from salt_exp.train.setup import FoldData, build_optimizer, build_parts, train_loader, val_loader
@@ -74,8 +74,6 @@ class FoldTrainer:
             getattr(hook, event)(*args)
 
     def _loss_step(self, batch: dict) -> torch.Tensor:
-        from salt_exp.train.engine import forward_cropped
-
         images, masks = self.rt.to_input(batch["image"]), batch["mask"].to(self.rt.device)
         with self.rt.autocast():
             return self.loss_fn(forward_cropped(self.model, self.adapter, images), masks)[0].float()

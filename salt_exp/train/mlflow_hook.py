@@ -57,10 +57,8 @@ class MLflowHook:
         folder = f"snapshots/cycle_{c}"
         if not self.tracker.artifact_exists(f"{folder}/oof.npz"):
             self.tracker.log_table({k: [b[k] for b in snap.bins] for k in snap.bins[0]}, f"{folder}/coverage_bins.json")
+            self._log_bins_png(snap, folder)
             with _tmpdir() as tmp:
-                fig = coverage_bins_figure(snap.bins, f"fold {self.version_tags.get('fold')} cycle {c} (epoch {snap.epoch})")
-                fig.savefig(Path(tmp) / "coverage_bins.png", dpi=100)
-                self.tracker.log_artifact(Path(tmp) / "coverage_bins.png", folder)
                 self.tracker.log_artifact(snap.weights, folder)
                 oof = Path(tmp) / "oof.npz"
                 np.savez_compressed(oof, ids=fd.val_ids, probs=np.load(snap.oof))
@@ -76,11 +74,14 @@ class MLflowHook:
         columns = ["cycle", "epoch", *snaps[0].bins[0].keys()]
         rows = [[s.cycle, s.epoch, *b.values()] for s in snaps for b in s.bins]
         self.tracker.log_json({"columns": columns, "data": rows}, "coverage_bins.json")
-        last = snaps[-1]
+        self._log_bins_png(snaps[-1], None)
+
+    def _log_bins_png(self, snap: SnapshotRef, folder: str | None) -> None:
+        """``coverage_bins.png`` of one snapshot into ``folder`` (None: the run root)."""
+        title = f"fold {self.version_tags.get('fold')} cycle {snap.cycle} (epoch {snap.epoch})"
         with _tmpdir() as tmp:
-            fig = coverage_bins_figure(last.bins, f"fold {self.version_tags.get('fold')} cycle {last.cycle} (epoch {last.epoch})")
-            fig.savefig(Path(tmp) / "coverage_bins.png", dpi=100)
-            self.tracker.log_artifact(Path(tmp) / "coverage_bins.png")
+            coverage_bins_figure(snap.bins, title).savefig(Path(tmp) / "coverage_bins.png", dpi=100)
+            self.tracker.log_artifact(Path(tmp) / "coverage_bins.png", folder)
 
     def on_end(self, status: str, reason: str) -> None:
         self.tracker.set_tags({"salt.status": status, **({"salt.failure": reason} if reason else {})})

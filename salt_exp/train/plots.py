@@ -17,11 +17,13 @@ def coverage_bins_figure(bins: list[dict], title: str) -> Figure:
     ax1.bar(names, scores, color="tab:blue", label="mean score")
     for x, b in enumerate(bins):
         ax1.text(x, scores[x] + 0.01, f"n={b['count']}", ha="center", fontsize=8)
-    ax1.set(title="mean score per coverage bin", xlabel="salt coverage (%)", ylabel="competition score", ylim=(0, 1.1))
-    ax1.legend(loc="lower right")
-    ax2.bar(names, [100 * b["err_share"] for b in bins], color="tab:red", label="share of total error")
-    ax2.set(title="share of the total error", xlabel="salt coverage (%)", ylabel="% of sum(1 - score)")
-    ax2.legend(loc="upper right")
+    ax1.set(title="mean score per coverage bin", xlabel="salt coverage (%)", ylabel="competition score", ylim=(0, 1.25))
+    ax1.legend(loc="upper right")
+    shares = [100 * b["err_share"] for b in bins]
+    ax2.bar(names, shares, color="tab:red", label="share of total error")
+    ax2.set(title="share of the total error", xlabel="salt coverage (%)", ylabel="% of sum(1 - score)",
+            ylim=(0, 1.25 * max(max(shares), 1.0)))
+    ax2.legend(loc="upper left")
     fig.suptitle(title)
     fig.tight_layout()
     plt.close(fig)
