@@ -65,6 +65,18 @@ def kaggle_dir(tmp_path: Path) -> Path:
     return write_kaggle(tmp_path / "tgs")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a test module: on a shared 2-core machine, 2 OpenMP threads stall for
+    seconds per op. Opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 TINY_SYNTH = {"sections": 3, "tile_rows": 4, "tile_cols": 6, "seed": 7}
 
 

@@ -20,14 +20,7 @@ from salt_exp.losses import (
 )
 from salt_exp.models import SaltOutput
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads stall for seconds per op."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def jaccard_loss_of_set(mistakes: frozenset[int], positives: frozenset[int]) -> float:

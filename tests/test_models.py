@@ -13,14 +13,7 @@ from salt_exp.models.decoder import Hypercolumn
 from salt_exp.models.heads import HEAD_CHANNELS, FusionHead
 from salt_exp.models.weights import adapt_first_conv
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads stall for seconds per op."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = (16, 16, 8, 8, 4)  # tiny decoder: shapes and wiring are what is tested, not capacity

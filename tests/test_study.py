@@ -123,7 +123,7 @@ def test_shipped_studies_load(synth_dir):
 
 def _driver(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "salt_exp.study", "study", *args], cwd=cwd, env=full_env,
+    return subprocess.Popen([sys.executable, "-m", "salt_exp.cli", "study", *args], cwd=cwd, env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -69,20 +69,26 @@ def _vertical_row(mask: np.ndarray) -> np.ndarray | None:
     return last
 
 
-def vertical_rule(pred: np.ndarray, ctx: RuleContext) -> np.ndarray:
-    """Continue near-vertical boundaries down the contiguous mosaic column (see module docstring)."""
+def _carry_down(pred: np.ndarray, ctx: RuleContext, source: Callable[[np.ndarray], np.ndarray | None]) -> np.ndarray:
+    """Walk every contiguous mosaic column top to bottom; once ``source(tile)`` gives a row, every
+    tile below gets that row repeated, until a tile we hold no prediction for breaks the column."""
     row, out = ctx.row(), pred.copy()
     for column in ctx.index.columns():
         line = None
         for tile in column:
             i = row.get(tile)
-            if i is None:  # a tile of the mosaic we hold no prediction for: the line cannot cross it
+            if i is None:  # a tile of the mosaic we hold no prediction for: nothing carries across it
                 line = None
             elif line is not None:
                 out[i] = line
             else:
-                line = _vertical_row(pred[i])
+                line = source(pred[i])
     return out
+
+
+def vertical_rule(pred: np.ndarray, ctx: RuleContext) -> np.ndarray:
+    """Continue near-vertical boundaries down the contiguous mosaic column (see module docstring)."""
+    return _carry_down(pred, ctx, _vertical_row)
 
 
 def sandwich_rule(pred: np.ndarray, ctx: RuleContext) -> np.ndarray:
@@ -99,18 +105,7 @@ def sandwich_rule(pred: np.ndarray, ctx: RuleContext) -> np.ndarray:
 
 def cap_rule(pred: np.ndarray, ctx: RuleContext) -> np.ndarray:
     """Empty every tile below a tile whose last row is fully salt (contiguous column)."""
-    row, out = ctx.row(), pred.copy()
-    for column in ctx.index.columns():
-        capped = False
-        for tile in column:
-            i = row.get(tile)
-            if i is None:
-                capped = False  # unknown tile: no evidence to carry the cap across it
-            elif capped:
-                out[i] = False
-            else:
-                capped = bool(pred[i][-1].all())
-    return out
+    return _carry_down(pred, ctx, lambda mask: np.zeros_like(mask[-1]) if mask[-1].all() else None)
 
 
 RULES: dict[str, Rule] = {"blank": blank_rule, "vertical": vertical_rule, "sandwich": sandwich_rule, "cap": cap_rule}

@@ -2,6 +2,6 @@
 
 ``spec`` (study files), ``storage`` (storage/sampler/pruner), ``trial`` (one trial = one MLflow
 parent run with nested fold runs), ``recover`` (resume without duplicates, shared budget),
-``driver`` (workers, local MLflow server), ``report``, ``cli``. Importing the package imports
-nothing heavy: the CLI imports the modules it needs.
+``driver`` (workers, local MLflow server), ``report``. Importing the package imports nothing
+heavy: ``salt_exp/cli.py`` imports the modules it needs.
 """
