@@ -77,14 +77,20 @@ def coverage_bins(masks: np.ndarray) -> np.ndarray:
 
 def bin_breakdown(scores: np.ndarray, bins: np.ndarray) -> list[dict[str, float | int | str]]:
     """Per coverage bin: count, mean score and the bin's share of the total error (sum of 1 - score)."""
-    scores, bins = np.asarray(scores, dtype=np.float64), np.asarray(bins)
+    return group_breakdown(scores, bins, BIN_NAMES, key="bin")
+
+
+def group_breakdown(scores: np.ndarray, groups: np.ndarray, names: Sequence[str],
+                    key: str = "group") -> list[dict[str, float | int | str]]:
+    """Per group (``groups`` holds indices into ``names``): count, mean score, share of the total error."""
+    scores, groups = np.asarray(scores, dtype=np.float64), np.asarray(groups)
     total_err = float((1.0 - scores).sum())
     rows = []
-    for b, name in enumerate(BIN_NAMES):
-        sel = bins == b
+    for g, name in enumerate(names):
+        sel = groups == g
         err = float((1.0 - scores[sel]).sum())
         rows.append({
-            "bin": name,
+            key: name,
             "count": int(sel.sum()),
             "mean_score": float(scores[sel].mean()) if sel.any() else float("nan"),
             "err_share": err / total_err if total_err > 0 else 0.0,

@@ -79,6 +79,11 @@ class RunTracker:
         return cls(c, run.info.run_id)
 
     @classmethod
+    def attach(cls, run_id: str) -> RunTracker:
+        """Log into an existing run (finished or not) without changing its status: analyses added later."""
+        return cls(client(), run_id)
+
+    @classmethod
     def resume(cls, run_id: str) -> RunTracker:
         c = client()
         c.update_run(run_id, status="RUNNING")
@@ -192,8 +197,8 @@ def registry_versions(model_name: str) -> list[dict[str, Any]]:
         found = c.search_model_versions(f"name='{model_name}'")
     except MlflowException:
         return []
-    return [{"name": model_name, "version": str(v.version), "run_id": v.run_id, "source": v.source, "tags": dict(v.tags)}
-            for v in found]
+    return [{"name": model_name, "version": str(v.version), "run_id": v.run_id, "source": v.source, "tags": dict(v.tags),
+             "created_ms": int(v.creation_timestamp or 0)} for v in found]
 
 
 def download_run_artifact(run_id: str, artifact_path: str, dst: str | Path) -> Path:
@@ -204,6 +209,16 @@ def download_run_artifact(run_id: str, artifact_path: str, dst: str | Path) -> P
 
 def set_model_alias(model_name: str, alias: str, version: str) -> None:
     client().set_registered_model_alias(model_name, alias, version)
+
+
+def alias_version(model_name: str, alias: str) -> dict[str, Any] | None:
+    """The version ``alias`` points at (as in registry_versions), or None when the model or alias is absent."""
+    try:
+        v = client().get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+    return {"name": model_name, "version": str(v.version), "run_id": v.run_id, "source": v.source, "tags": dict(v.tags),
+            "created_ms": int(v.creation_timestamp or 0)}
 
 
 # ---------------------------------------------------------------- study support (parent runs, a local server)
@@ -288,3 +303,22 @@ class LocalServer:
 
 def run_tags(run_id: str) -> dict[str, str]:
     return dict(client().get_run(run_id).data.tags)
+
+
+def run_summary(run_id: str) -> dict[str, Any]:
+    """tags, params, metrics, status, start/end times (ms) and experiment name of a run; SaltError if unknown."""
+    from salt_exp.errors import SaltError
+
+    c = client()
+    try:
+        run = c.get_run(run_id)
+    except MlflowException as exc:
+        raise SaltError(f"--run {run_id}: no such MLflow run in {tracking_uri()}") from exc
+    return {"run_id": run_id, "tags": dict(run.data.tags), "params": dict(run.data.params),
+            "metrics": dict(run.data.metrics), "status": run.info.status, "start_ms": run.info.start_time or 0,
+            "end_ms": run.info.end_time or 0, "experiment": c.get_experiment(run.info.experiment_id).name}
+
+
+def artifact_paths(run_id: str, folder: str | None = None) -> list[str]:
+    """Paths of the files directly under ``folder`` of a run's artifacts."""
+    return [f.path for f in client().list_artifacts(run_id, folder) if not f.is_dir]

@@ -45,6 +45,7 @@ class EnsembleResult:
     rule_gains: list[dict]
     rules: list[str]
     oof_post: float
+    post_pred: np.ndarray  # (N, 101, 101) uint8 OOF masks after the applied rules, in oof.ids order
     submission: Path | None
     test_threshold: float
 
@@ -117,4 +118,4 @@ def build_ensemble(spec: EnsembleSpec, cache: Path) -> tuple[EnsembleResult, Kag
         probs = predict_test(selection, data.test, cache, spec.device)
         pred = _postprocess_test((probs > thr).astype(np.uint8), data, index, rules)
         submission = write_submission(Path(spec.out or f"submissions/{spec.study}.csv"), data.test.ids, pred)
-    return EnsembleResult(selection, oof, gains, rules, oof_post, submission, thr), data
+    return EnsembleResult(selection, oof, gains, rules, oof_post, post, submission, thr), data

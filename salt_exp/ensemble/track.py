@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from salt_exp.ensemble.build import EnsembleResult, EnsembleSpec
 from salt_exp.scoring import score_files
 from salt_exp.tracking import RunTracker, set_model_alias
+
+
+OOF_FILE = "oof.npz"  # logged as ensemble/oof.npz: what the report and the mosaic renders read
+
+
+def save_oof(result: EnsembleResult, path: Path) -> Path:
+    """The ensemble's out-of-fold output: ids, mean probabilities (float16), the threshold each tile got,
+    its fold and the post-processed masks (bit-packed rows), so that analyses never recompute it."""
+    oof = result.oof
+    np.savez_compressed(
+        path, ids=oof.ids, probs=np.concatenate([f.probs for f in oof.folds]).astype(np.float16),
+        threshold=np.concatenate([np.full(len(f.ids), f.threshold, np.float32) for f in oof.folds]),
+        fold=np.concatenate([np.full(len(f.ids), f.fold, np.int16) for f in oof.folds]),
+        pred=np.packbits(result.post_pred.astype(bool), axis=-1))
+    return path
 
 
 def log_ensemble(spec: EnsembleSpec, result: EnsembleResult, data_root: Path) -> tuple[str, str, dict]:
@@ -40,6 +58,8 @@ def log_ensemble(spec: EnsembleSpec, result: EnsembleResult, data_root: Path) ->
         tracker.log_table({k: [g[k] for g in result.rule_gains] for k in result.rule_gains[0]}, "postprocess_gains.json")
     if result.submission:
         tracker.log_artifact(result.submission, "ensemble")
+    with tempfile.TemporaryDirectory(prefix="salt-exp-") as tmp:
+        tracker.log_artifact(save_oof(result, Path(tmp) / OOF_FILE), "ensemble")
     version = tracker.register_version(f"salt-{spec.study}-ensemble", "ensemble",
                                        {"study": spec.study, "members": json.dumps([m.key for m in members]),
                                         "oof_map": f"{oof.score:.6f}", "rules": ",".join(result.rules) or "none",
