@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv test data check train study dashboard ensemble ui lint bench clean-cache
+.PHONY: venv test data check train study dashboard ensemble report viz ui lint bench clean-cache
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ dashboard: $(STAMP)  ## optuna-dashboard of study NAME on http://127.0.0.1:8080
 
 ensemble: $(STAMP)  ## ensemble of study NAME from the registry -> submissions/NAME.csv
 	$(BIN)/salt-exp ensemble --study $(NAME) $(ENSEMBLE_ARGS)
+
+report: $(STAMP)  ## error-analysis page of study NAME's champion ensemble (or RUN=id) -> reports/, logged to the run
+	$(BIN)/salt-exp report $(if $(RUN),--run $(RUN),--study $(NAME))
+
+viz: $(STAMP)  ## mosaic PNG (MOSAIC=id, default: best covered) and evolution GIF of study NAME
+	$(BIN)/salt-exp viz mosaic $(if $(RUN),--run $(RUN),--study $(NAME)) $(if $(MOSAIC),--mosaic-id $(MOSAIC),)
+	$(BIN)/salt-exp viz evolution --study $(NAME) $(if $(MOSAIC),--mosaic-id $(MOSAIC),)
 
 ui: $(STAMP)  ## the MLflow UI on http://127.0.0.1:5000 over mlruns/
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000

@@ -122,6 +122,11 @@ def cmd_study(args: argparse.Namespace) -> int:
         ens = argparse.Namespace(study=spec.name, models=None, top_cycles=e["top_cycles"], threshold=str(e["threshold"]),
                                  postprocess=e["postprocess"], data=None, out=None, device="auto")
         codes.append(cmd_ensemble(ens))
+        if e["report"]:
+            from salt_exp.viz.commands import study_visuals
+
+            for path in study_visuals(spec.name):
+                print(f"wrote {path} (also logged to the champion ensemble run)")
     return 0 if all(c == 0 for c in codes) else 1
 
 
@@ -130,6 +135,38 @@ def cmd_study_report(args: argparse.Namespace) -> int:
 
     report = study_report(args.name, args.storage)
     _print_json(report) if args.json else print(format_report(report))
+    return 0
+
+
+def cmd_viz_mosaic(args: argparse.Namespace) -> int:
+    from salt_exp.viz.commands import mosaic_command
+
+    paths = mosaic_command(args.run, args.study, args.submission, args.data, args.mosaic_id, args.out, args.cycle,
+                           log=not args.no_log)
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_viz_evolution(args: argparse.Namespace) -> int:
+    from salt_exp.viz.commands import evolution_command
+
+    for gif, steps in evolution_command(args.study, args.mosaic_id, args.out, args.run, args.data, log=not args.no_log):
+        print(f"wrote {gif}: {len(steps)} improving frames")
+        for s in steps:
+            print(f"  {s['step']}. {s['frame']:<40} mosaic score {s['mosaic_score']:.4f}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from salt_exp.viz.commands import report_command
+
+    report = report_command(args.run, args.study, args.out, args.cycle, args.data, args.worst, log=not args.no_log)
+    a = report.analysis
+    print(f"wrote {report.html} ({len(report.figures)} figures); {len(a.ids)} OOF tiles, score {a.score:.4f}")
+    for r in a.types:
+        if r["count"]:
+            print(f"  {r['type']:<9} n={r['count']:<5} mean {r['mean_score']:.3f}  error share {100 * r['err_share']:.1f}%")
     return 0
 
 
@@ -153,6 +190,19 @@ def _add_synth_args(p: argparse.ArgumentParser) -> None:
             p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
                            help=f"SynthConfig.{f.name} (default {f.default})")
     p.set_defaults(func=cmd_data_synth)
+
+
+def _add_source_args(p: argparse.ArgumentParser, submission: bool) -> None:
+    p.add_argument("--run", help="a fold run (its best snapshot, or --cycle) or an ensemble run")
+    p.add_argument("--study", help="the study's champion ensemble")
+    if submission:
+        p.add_argument("--submission", help="a submission CSV (test tiles only)")
+    else:
+        p.set_defaults(submission=None)
+    p.add_argument("--cycle", type=int, help="for a fold run: the snapshot of this cycle")
+    p.add_argument("--data", help="dataset folder (default: the one the run used)")
+    p.add_argument("--out", help="output folder (default reports/<study or run>)")
+    p.add_argument("--no-log", action="store_true", help="only write files, log nothing to MLflow")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,6 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="submission path (default submissions/<study>.csv)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_ensemble)
+
+    viz = sub.add_parser("viz", help="figures of predictions: mosaics, their evolution").add_subparsers(
+        dest="viz_command", required=True)
+    p = viz.add_parser("mosaic", help="PNG of a reassembled mosaic: image, truth, prediction, tile scores")
+    _add_source_args(p, submission=True)
+    p.add_argument("--mosaic-id", type=int, action="append", default=[], help="repeatable (default: the mosaic "
+                   "with the most tiles having both truth and prediction)")
+    p.set_defaults(func=cmd_viz_mosaic)
+    p = viz.add_parser("evolution", help="GIF per mosaic of a study's snapshots/ensembles that improved it")
+    p.add_argument("--study", required=True)
+    p.add_argument("--mosaic-id", type=int, action="append", default=[], help="repeatable (default: as for mosaic)")
+    p.add_argument("--run", help="log into this run (default: the study's champion ensemble)")
+    p.add_argument("--data", help="dataset folder (default: the one the runs used)")
+    p.add_argument("--out", help="output folder (default reports/<study>)")
+    p.add_argument("--no-log", action="store_true", help="only write files, log nothing to MLflow")
+    p.set_defaults(func=cmd_viz_evolution)
+
+    p = sub.add_parser("report", help="error-analysis report (PNGs + one HTML page) of a fold or ensemble run")
+    _add_source_args(p, submission=False)
+    p.add_argument("--worst", type=int, default=12, help="tiles in the gallery of worst tiles")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("models", help="list the encoders with parameter counts")
     p.add_argument("--json", action="store_true")

@@ -61,7 +61,7 @@ def blank_rule(pred: np.ndarray, ctx: RuleContext) -> np.ndarray:
     return out
 
 
-def _vertical_row(mask: np.ndarray) -> np.ndarray | None:
+def vertical_row(mask: np.ndarray) -> np.ndarray | None:
     """The last row when the bottom VERTICAL_ROWS rows all equal it and it is neither empty nor full."""
     last = mask[-1]
     if not last.any() or last.all() or not (mask[-VERTICAL_ROWS:] == last).all():
@@ -88,7 +88,7 @@ def _carry_down(pred: np.ndarray, ctx: RuleContext, source: Callable[[np.ndarray
 
 def vertical_rule(pred: np.ndarray, ctx: RuleContext) -> np.ndarray:
     """Continue near-vertical boundaries down the contiguous mosaic column (see module docstring)."""
-    return _carry_down(pred, ctx, _vertical_row)
+    return _carry_down(pred, ctx, vertical_row)
 
 
 def sandwich_rule(pred: np.ndarray, ctx: RuleContext) -> np.ndarray:

@@ -35,7 +35,7 @@ from salt_exp.errors import SaltError
 
 TOP_KEYS = ("base", "set", "space", "enqueue", "n_trials", "timeout", "folds", "sampler", "pruner", "stale_after",
             "ensemble")
-ENSEMBLE_KEYS = ("top_cycles", "threshold", "postprocess")
+ENSEMBLE_KEYS = ("top_cycles", "threshold", "postprocess", "report")
 PARAM_TYPES = ("float", "int", "categorical")
 PARAM_KEYS = {"float": ("type", "low", "high", "log", "step"), "int": ("type", "low", "high", "log", "step"),
               "categorical": ("type", "choices")}
@@ -240,7 +240,10 @@ def _ensemble(w: _Where, raw: Any) -> dict[str, Any] | None:
     """The optional ``ensemble:`` section: built by ``salt-exp study`` once the trials are done."""
     if raw is None or raw is False:
         return None
-    opts = {"top_cycles": 2, "threshold": "search", "postprocess": "auto", **w.mapping(raw, "ensemble", ENSEMBLE_KEYS)}
+    opts = {"top_cycles": 2, "threshold": "search", "postprocess": "auto", "report": False,
+            **w.mapping(raw, "ensemble", ENSEMBLE_KEYS)}
+    if not isinstance(opts["report"], bool):
+        raise w.error("ensemble.report", f"must be true or false, got {opts['report']!r}")
     if not isinstance(opts["top_cycles"], int) or opts["top_cycles"] < 1:
         raise w.error("ensemble.top_cycles", f"must be an integer >= 1, got {opts['top_cycles']!r}")
     if opts["threshold"] != "search" and not isinstance(opts["threshold"], int | float):

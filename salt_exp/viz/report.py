@@ -1,0 +1,150 @@
+"""The error-analysis report of a fold run or an ensemble run: PNGs plus one self-contained HTML page.
+
+Analyses the run's out-of-fold masks (a fold run: its best snapshot at 0.5; an ensemble: its stored,
+post-processed OOF masks) by coverage bin, depth band and mask type, shows the worst tiles, the
+threshold curve of the stored probabilities and the mosaic holding the most error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from salt_exp.data.kaggle import KaggleData
+from salt_exp.errors import SaltError
+from salt_exp.io import atomic_open, atomic_path
+from salt_exp.train.plots import breakdown_figure
+from salt_exp.viz.analysis import MASK_TYPES, Analysis, analyse
+from salt_exp.viz.figures import gallery_figure, threshold_figure
+from salt_exp.viz.html import Section, render_page
+from salt_exp.viz.sources import RunOutput
+
+SECTIONS = ("summary", "coverage", "depth", "mask-type", "threshold", "gallery", "mosaic")
+
+
+@dataclass(frozen=True)
+class Report:
+    html: Path
+    figures: dict[str, Path]  # section id -> PNG
+    analysis: Analysis
+    mosaic_id: int | None
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers worth comparing across runs in the MLflow UI (groups without tiles are left out)."""
+        a = self.analysis
+        out = {"analysis_map": a.score, "analysis_empty_fp": a.empty_fp, "analysis_nonempty_fn": a.nonempty_fn}
+        out.update({f"analysis_map_type_{r['type']}": r["mean_score"] for r in a.types if r["count"]})
+        out.update({f"analysis_map_depth_band{k}": r["mean_score"] for k, r in enumerate(a.depth) if r["count"]})
+        return out
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return path
+
+
+def _rows(rows: list[dict]) -> list[dict]:
+    return [{**r, "err_share": f"{100 * r['err_share']:.1f}%"} for r in rows]
+
+
+def run_context(summary: dict) -> dict[str, str]:
+    """What made the analysed predictions, from the run's tags and params (for the summary table)."""
+    tags, params = summary["tags"], summary["params"]
+    keys = [("git commit", tags.get("mlflow.source.git.commit")), ("config hash", tags.get("salt.config_hash")),
+            ("encoder", tags.get("salt.encoder")), ("ensemble members", params.get("members")),
+            ("post-processing rules applied", params.get("rules_applied")), ("threshold rule", params.get("threshold"))]
+    return {k: v for k, v in keys if v}
+
+
+def _summary(output: RunOutput, a: Analysis, context: dict[str, str]) -> Section:
+    facts = [("source", output.label), ("run", output.run_id or "-"), ("role", output.role),
+             ("data", output.data_root or "-"), ("tiles analysed (out-of-fold)", len(a.ids)),
+             ("score of the final masks", a.score),
+             ("threshold used (mean over folds)", "-" if a.used_threshold is None else a.used_threshold),
+             ("best threshold before post-processing", "-" if a.best_threshold is None else a.best_threshold),
+             ("empty tiles predicted with salt", a.empty_fp), ("salt tiles predicted empty", a.nonempty_fn),
+             *context.items()]
+    return Section("summary", "Summary", "Out-of-fold tiles only: every number below is measured on tiles the "
+                   "models did not train on.", [{"what": k, "value": v} for k, v in facts])
+
+
+def write_report(output: RunOutput, data: KaggleData, out_dir: Path, context: dict[str, str] | None = None,
+                 n_worst: int = 12, mosaic=None) -> Report:
+    """Analyse ``output.oof`` against the train masks; write PNGs and ``report.html`` into ``out_dir``.
+
+    ``mosaic``: (MosaicIndex, render callable) or None; the callable draws a mosaic id to a Figure.
+    """
+    if output.oof is None:
+        raise SaltError(f"{output.label}: no out-of-fold predictions to analyse (a submission has no truth here)")
+    oof = output.oof
+    pos = data.train.position(oof.ids)
+    images, truth, depths = data.train.images[pos], data.train.masks[pos], data.train.depths[pos]
+    a = analyse(oof.ids, oof.pred, truth, images, depths, oof.probs, oof.threshold)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = output.label
+    figs = {
+        "coverage": _save(breakdown_figure(a.coverage, "bin", f"{name}: by salt coverage", "salt coverage (%)"),
+                          out_dir / "coverage.png"),
+        "depth": _save(breakdown_figure(a.depth, "band", f"{name}: by depth band (equal-count bands)", "depth band"),
+                       out_dir / "depth.png"),
+        "mask-type": _save(breakdown_figure(a.types, "type", f"{name}: by mask type", "mask type"),
+                           out_dir / "mask_types.png"),
+    }
+    if a.curve is not None:
+        figs["threshold"] = _save(threshold_figure(a, f"{name}: threshold curve (out-of-fold)"), out_dir / "threshold.png")
+    worst = a.worst(n_worst)
+    figs["gallery"] = _save(gallery_figure(a, worst, images, truth, oof.pred, depths, f"{name}: the {len(worst)} worst tiles"),
+                            out_dir / "worst_tiles.png")
+    mosaic_id = None
+    if mosaic is not None:
+        index, draw = mosaic
+        mosaic_id = worst_mosaic(index, a)
+        if mosaic_id is not None:
+            figs["mosaic"] = _save(draw(mosaic_id), out_dir / f"mosaic_{mosaic_id}.png")
+    sections = _sections(output, a, figs, worst, depths, context or {}, mosaic_id)
+    page = render_page(f"Error analysis: {name}", f"salt-exp report, generated {dt.datetime.now().isoformat(timespec='seconds')}",
+                       sections)
+    html_path = out_dir / "report.html"
+    with atomic_open(html_path, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    return Report(html_path, figs, a, mosaic_id)
+
+
+def worst_mosaic(index, a: Analysis) -> int | None:
+    """The mosaic whose analysed tiles sum the most error (1 - score); None if no analysed tile is placed."""
+    err: dict[int, float] = {}
+    for tid, s in zip(a.ids.tolist(), a.scores.tolist(), strict=True):
+        if tid in index:
+            m = index.position[tid][0]
+            err[m] = err.get(m, 0.0) + 1.0 - s
+    return min(err, key=lambda m: (-err[m], m)) if err else None
+
+
+def _sections(output: RunOutput, a: Analysis, figs: dict[str, Path], worst: np.ndarray, depths: np.ndarray,
+              context: dict[str, str], mosaic_id: int | None) -> list[Section]:
+    thr_text = ("Mean score of the stored probabilities thresholded at t, before post-processing; the red line is "
+                "the score of the final masks.") if a.curve is not None else "No probabilities stored: no curve."
+    gallery_rows = [{"id": a.ids[i], "score": float(a.scores[i]), "type": MASK_TYPES[a.type_index[i]],
+                     "depth (ft)": f"{depths[i]:.0f}"} for i in worst]
+    out = [
+        _summary(output, a, context),
+        Section("coverage", "By salt coverage", "Share of the error: the bin's part of the sum of (1 - score).",
+                _rows(a.coverage), [(figs["coverage"], "mean score and share of the error per coverage bin")]),
+        Section("depth", "By depth band", "Bands hold about equally many tiles.", _rows(a.depth),
+                [(figs["depth"], "mean score and share of the error per depth band")]),
+        Section("mask-type", "By mask type", "blank: one-value image; empty: no salt; vertical: bottom 30 rows equal, "
+                "neither empty nor full; cap: last row all salt; other: the rest (first match wins).", _rows(a.types),
+                [(figs["mask-type"], "mean score and share of the error per mask type")]),
+        Section("threshold", "Threshold curve", thr_text, [],
+                [(figs["threshold"], "score against the probability threshold")] if "threshold" in figs else []),
+        Section("gallery", "Worst tiles", "Lowest-scoring tiles, ties by id.", gallery_rows,
+                [(figs["gallery"], "worst tiles: image, truth, prediction")]),
+    ]
+    if mosaic_id is not None:
+        out.append(Section("mosaic", f"Mosaic {mosaic_id}", "The mosaic whose analysed tiles hold the most error.", [],
+                           [(figs["mosaic"], f"mosaic {mosaic_id} with truth, prediction and tile scores")]))
+    return out
