@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -77,3 +78,50 @@ def test_two_fold_ensemble_end_to_end(synth_dir, mlflow_store, tmp_path, capsys)
         assert ens.data.metrics[f"fold{fold}_threshold"] == pytest.approx(thr)
         fold_scores.append(image_scores(mean > thr, truth))
     assert ens.data.metrics["oof_map"] == pytest.approx(np.concatenate(fold_scores).mean())
+
+    # visual analysis (issue 7): mosaic PNG, evolution GIF and the report, all logged into the ensemble run
+    _check_visuals(c, ens.info.run_id, tmp_path, capsys)
+
+
+def _check_visuals(c: MlflowClient, run_id: str, tmp_path, capsys) -> None:
+    import mlflow
+    from PIL import Image
+
+    from salt_exp.viz.report import SECTIONS
+    from tests.browser import dump_dom
+
+    capsys.readouterr()
+    assert main(["viz", "mosaic", "--study", "ens"]) == 0
+    assert main(["viz", "evolution", "--study", "ens"]) == 0
+    assert main(["report", "--study", "ens"]) == 0
+    printed = capsys.readouterr().out
+    logged = {f.path for folder in ("viz", "report") for f in c.list_artifacts(run_id, folder)}
+    mosaics = [p for p in logged if p.startswith("viz/mosaic_") and p.endswith(".png")]
+    gifs = [p for p in logged if p.startswith("viz/evolution_mosaic_") and p.endswith(".gif")]
+    assert len(mosaics) == 1 and len(gifs) == 1, logged
+    assert {f"report/{n}" for n in ("report.html", "coverage.png", "depth.png", "mask_types.png", "threshold.png",
+                                    "worst_tiles.png")} <= logged
+    get = lambda p: Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=p,  # noqa: E731
+                                                             dst_path=str(tmp_path / "dl")))
+    # the GIF holds exactly the improving frames its JSON lists, each better than the one before
+    steps = json.loads(get(gifs[0].replace(".gif", ".json")).read_text())
+    assert steps["frames_considered"] == 3  # cycles 0 and 1 of the config (folds 0+1 joined), then the ensemble
+    scores = [s["mosaic_score"] for s in steps["steps"]]
+    assert scores == sorted(set(scores)) and len(scores) >= 1
+    with Image.open(get(gifs[0])) as gif:
+        assert gif.n_frames == len(scores)
+    assert f"{len(scores)} improving frames" in printed
+    # the report's numbers are the ensemble's own: same OOF score after post-processing
+    metrics = c.get_run(run_id).data.metrics
+    assert metrics["analysis_map"] == pytest.approx(metrics["oof_map_postprocessed"])
+    # the logged page, opened in headless Chromium: every section there, every embedded image decoded
+    dom = dump_dom(get("report/report.html"), tmp_path)
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in dom, section
+    n_imgs = dom.count("<img ")
+    assert n_imgs == 6 and f'data-images-ok="{n_imgs}/{n_imgs}"' in dom
+    # a fold run's report analyses its best snapshot at 0.5: the same number as its logged snapshot_val_map
+    fold_run = c.search_runs([c.get_run(run_id).info.experiment_id], "tags.`salt.role` = 'fold'")[0]
+    assert main(["report", "--run", fold_run.info.run_id]) == 0
+    best = max(m.value for m in c.get_metric_history(fold_run.info.run_id, "snapshot_val_map"))
+    assert c.get_run(fold_run.info.run_id).data.metrics["analysis_map"] == pytest.approx(best)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from salt_exp.cli import main
 from salt_exp.errors import SaltError
 from salt_exp.study.driver import StudyRequest, run_study
 from salt_exp.study.report import format_report, study_report
@@ -71,7 +72,8 @@ def test_study_runs_trials_as_parent_runs_and_records_a_failing_trial(synth_dir,
     enqueue = [{"optim.lr": 0.01, "model.encoder": "timm/resnet10t"},
                {"optim.lr": 0.01, "model.encoder": "timm/no_such_net"},  # fails inside training
                {"optim.lr": 0.02, "model.encoder": "timm/resnet10t"}]
-    path = write_study(tmp_path, "e2e", synth_dir, space=space, enqueue=enqueue, n_trials=3, folds=[0, 1])
+    path = write_study(tmp_path, "e2e", synth_dir, space=space, enqueue=enqueue, n_trials=3, folds=[0, 1],
+                       ensemble={"top_cycles": 1, "report": True})
     assert run_study(StudyRequest(str(path))) == [0]
     trials = trials_of("e2e")
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
@@ -90,6 +92,14 @@ def test_study_runs_trials_as_parent_runs_and_records_a_failing_trial(synth_dir,
     assert report["best"]["number"] in (0, 2) and report["trials"][1]["state"] == "FAIL"
     text = format_report(report)
     assert "FAIL" in text and "best: trial" in text and "fold1" in text
+    # the README's main command path: `salt-exp study` (all trials done: nothing reruns) -> ensemble -> visuals
+    capsys.readouterr()
+    assert main(["study", str(path)]) == 0
+    assert len(trials_of("e2e")) == 3
+    champion = c.get_model_version_by_alias("salt-e2e-ensemble", "champion").tags["ensemble_run"]
+    logged = {f.path for folder in ("viz", "report") for f in c.list_artifacts(champion, folder)}
+    assert any(p.endswith(".gif") for p in logged) and any(p.startswith("viz/mosaic_") for p in logged)
+    assert "report/report.html" in logged and "wrote reports/e2e/report.html" in capsys.readouterr().out
 
 
 BAD_FILES = [
@@ -103,6 +113,8 @@ BAD_FILES = [
     ({"pruner": {"type": "median", "patience": 3}}, "pruner.patience"),
     ({"folds": [0, 7]}, "'folds'"),
     ({"set": {"optim.nme": "sgd"}}, "optim.nme"),
+    ({"ensemble": {"report": "yes"}}, "ensemble.report"),
+    ({"ensemble": {"reprot": True}}, "reprot"),
 ]
 
 

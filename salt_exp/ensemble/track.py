@@ -12,7 +12,6 @@ from salt_exp.ensemble.build import EnsembleResult, EnsembleSpec
 from salt_exp.scoring import score_files
 from salt_exp.tracking import RunTracker, set_model_alias
 
-
 OOF_FILE = "oof.npz"  # logged as ensemble/oof.npz: what the report and the mosaic renders read
 
 

@@ -6,7 +6,6 @@ Files go to ``reports/<name>/`` unless told otherwise; with a run they are also 
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,12 @@ from salt_exp.scoring import read_masks
 from salt_exp.tracking import RunTracker, run_summary
 from salt_exp.viz.sources import RunOutput, champion_run, data_root_of, run_output, submission_output
 
-CACHE = Path(tempfile.gettempdir()) / "salt-exp-viz-cache"
+
+def _cache() -> Path:
+    """Downloaded artifacts (keyed by run id, so never stale) under the work root ($SALT_EXP_WORK)."""
+    from salt_exp.train.state import work_root
+
+    return work_root() / "viz-cache"
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,7 @@ def resolve_output(run: str | None, study: str | None, submission: str | None, c
         raise SaltError("name exactly one of --run ID, --study NAME (its champion ensemble) or --submission FILE")
     if submission is not None:
         return submission_output(submission)
-    return run_output(run or champion_run(study), CACHE, cycle)
+    return run_output(run or champion_run(study), _cache(), cycle)
 
 
 def _out_dir(out: str | None, output: RunOutput, study: str | None) -> Path:
@@ -116,7 +120,7 @@ def evolution_command(study: str, mosaic_ids: Sequence[int] = (), out: str | Non
             target = None  # no ensemble yet: the GIFs are only written to disk
     scene = load_scene(data or data_root_of(frames[-1].parts[0][0]))
     train_ids = set(scene.data.train.ids.tolist())
-    masks = frame_masks(frames, train_ids, CACHE)
+    masks = frame_masks(frames, train_ids, _cache())
     ids = list(mosaic_ids) or [pick_mosaic(scene.index, scene.truth, {t: m for fm in masks for t, m in fm.items()})]
     out_dir = Path(out) if out else Path("reports") / study
     results = []

@@ -25,7 +25,7 @@ import numpy as np
 from salt_exp.errors import SaltError
 from salt_exp.io import atomic_path
 from salt_exp.metrics import image_scores
-from salt_exp.tracking import registry_versions
+from salt_exp.tracking import registry_versions, run_summary
 from salt_exp.viz.sources import ENSEMBLE_OOF, ensemble_oof, snapshot_predictions
 
 
@@ -39,13 +39,21 @@ class Frame:
 
 
 def study_frames(study: str) -> list[Frame]:
-    """Every (trial, cycle) group of snapshots and every ensemble of ``study``, oldest first."""
+    """Every (trial, cycle) group of snapshots and every ensemble of ``study``, oldest first.
+
+    Fold runs outside a trial are grouped by their config hash: the folds of one config form one frame.
+    """
     groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    config_of: dict[str, str] = {}
     for v in registry_versions(f"salt-{study}"):
         t = v["tags"]
-        if "oof" in t and "cycle" in t:
-            trial = t.get("trial", "none")
-            groups[(f"trial {trial}" if trial != "none" else f"run {v['run_id'][:8]}", int(t["cycle"]))].append(v)
+        if "oof" not in t or "cycle" not in t:
+            continue
+        trial = t.get("trial", "none")
+        if trial == "none" and v["run_id"] not in config_of:
+            config_of[v["run_id"]] = run_summary(v["run_id"])["tags"].get("salt.config_hash", v["run_id"])[:8]
+        who = f"trial {trial}" if trial != "none" else f"config {config_of[v['run_id']]}"
+        groups[(who, int(t["cycle"]))].append(v)
     frames = []
     for (who, cycle), vs in groups.items():
         folds = ",".join(sorted({v["tags"].get("fold", "?") for v in vs}))
