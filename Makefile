@@ -65,6 +65,7 @@ bench: data  ## benchmarks; results go to docs/BENCHMARKS.md by hand
 	$(BIN)/python benchmarks/bench_train.py --data $(DATA)
 	$(BIN)/python benchmarks/bench_predict.py
 	$(BIN)/python benchmarks/bench_jigsaw.py
+	$(BIN)/python benchmarks/bench_viz.py --data $(DATA)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
 	$(BIN)/python benchmarks/bench_models.py
 

@@ -24,6 +24,7 @@ from salt_exp.viz.figures import gallery_figure, threshold_figure
 from salt_exp.viz.html import Section, render_page
 from salt_exp.viz.mosaic_plot import figure_rgb, pick_mosaic, render_mosaic
 from tests.browser import dump_dom, screenshot
+from tests.conftest import REAL_TGS
 
 H = 101
 
@@ -236,3 +237,22 @@ def test_mosaic_of_a_submission_scores_its_test_tiles(synth_dir, tmp_path, capsy
     fig = render_mosaic(scene.index, m, scene.images, scene.truth, output.masks(), "solution", scene.test_ids)
     placed_test = [t for (mid, _, _), t in scene.index.tile_at.items() if mid == m and t in scene.test_ids]
     assert placed_test and _texts(fig) == ["1.00"] * len(placed_test)
+
+
+@pytest.mark.skipif(not (REAL_TGS / "train.csv").exists(), reason="real TGS data (../shared/tgs) not present")
+def test_real_masks_types_and_a_real_mosaic_drawn_with_the_truth_as_prediction():
+    from salt_exp.data.kaggle import load_kaggle
+
+    data = load_kaggle(REAL_TGS)
+    train = data.train
+    types = mask_types(train.images, train.masks)
+    empty_masks = int((train.masks.reshape(len(train), -1).max(axis=1) == 0).sum())
+    assert (types == 0).sum() == train.blank.sum()  # agrees with the loader's own blank test
+    assert (types == 0).sum() + (types == 1).sum() == empty_masks  # every real blank tile is empty
+    assert min(np.bincount(types, minlength=5)[2:]) > 50  # vertical, cap and other all occur in real labels
+    index = MosaicIndex.from_frame(data.mosaics)
+    masks = dict(zip(train.ids.tolist(), train.masks, strict=True))
+    m = pick_mosaic(index, masks, masks)
+    fig = render_mosaic(index, m, dict(zip(train.ids.tolist(), train.images, strict=True)), masks, masks, "truth")
+    drawn = [t for (mid, _, _), t in index.tile_at.items() if mid == m and t in masks]
+    assert len(drawn) > 10 and _texts(fig) == ["1.00"] * len(drawn)
