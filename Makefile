@@ -69,5 +69,5 @@ bench: data  ## benchmarks; results go to docs/BENCHMARKS.md by hand
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
 	$(BIN)/python benchmarks/bench_models.py
 
-clean-cache:
-	rm -rf $${SALT_EXP_CACHE:-$$HOME/.cache/salt-exp}
+clean-cache:  ## drop the dataset cache and the artifacts downloaded for figures
+	rm -rf $${SALT_EXP_CACHE:-$$HOME/.cache/salt-exp} $${SALT_EXP_WORK:-mlruns/work}/viz-cache
