@@ -62,13 +62,12 @@ def main() -> None:
     probs = timed("fake OOF probabilities (not part of the tool)", fake_probs, train.masks)
     output = RunOutput("bench", None, "fold", str(root), Predictions(train.ids, probs > 0.5, probs, 0.5), None)
     index, source = timed("mosaic index", mosaic_index, data)
+    images = dict(zip(train.ids.tolist(), train.images, strict=True))
+    truth, pred = dict(zip(train.ids.tolist(), train.masks, strict=True)), output.masks()
     report = timed(f"write_report, {len(train)} tiles (analysis + 6 figures + HTML)", write_report, output, data,
-                   args.out, {}, 12, (index, lambda m: render_mosaic(index, m, dict(zip(train.ids, train.images)),
-                                                                    dict(zip(train.ids, train.masks)),
-                                                                    output.masks(), "bench")))
+                   args.out, {}, 12, (index, lambda m: render_mosaic(index, m, images, truth, pred, "bench")))
     sizes = {m: sum(1 for (mid, _, _) in index.tile_at if mid == m) for m in index.mosaic_ids}
     big = max(sizes, key=sizes.get)
-    images, truth, pred = dict(zip(train.ids, train.images)), dict(zip(train.ids, train.masks)), output.masks()
     fig = timed(f"render the largest mosaic ({sizes[big]} tiles, {index.shape(big)} grid)", render_mosaic, index, big,
                 images, truth, pred, "bench")
     frame = timed("  draw it to pixels", figure_rgb, fig)

@@ -120,6 +120,16 @@ def _check_visuals(c: MlflowClient, run_id: str, tmp_path, capsys) -> None:
         assert f'<section id="{section}">' in dom, section
     n_imgs = dom.count("<img ")
     assert n_imgs == 6 and f'data-images-ok="{n_imgs}/{n_imgs}"' in dom
+    # one threshold curve per fold; each, at the fold's own threshold, is that fold's logged ensemble score
+    # (the stored float16 probabilities may move a pixel across the threshold: one tile at most, here exact)
+    from salt_exp.viz.commands import report_command
+
+    a = report_command(study="ens", log=False).analysis
+    assert [f for f, _, _ in a.fold_curves] == [0, 1]
+    for fold, used, curve in a.fold_curves:
+        assert used == pytest.approx(metrics[f"fold{fold}_threshold"])
+        k = int(np.argmin(np.abs(a.thresholds - used)))
+        assert curve[k] == pytest.approx(metrics[f"fold{fold}_oof_map"], abs=0.01)
     # a fold run's report analyses its best snapshot at 0.5: the same number as its logged snapshot_val_map
     fold_run = c.search_runs([c.get_run(run_id).info.experiment_id], "tags.`salt.role` = 'fold'")[0]
     assert main(["report", "--run", fold_run.info.run_id]) == 0

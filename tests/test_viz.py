@@ -82,6 +82,12 @@ def test_analysis_scores_groups_and_worst_tiles():
     # the curve at t = 0.5 is the score of probs > 0.5
     assert a.curve[list(a.thresholds).index(0.5)] == pytest.approx(a.score)
     assert a.empty_fp == int(sum(1 for i in range(6) if not truth[i].any() and pred[i].any()))
+    assert a.fold_curves == []  # no folds given: one curve
+    fold, thr = np.array([0, 0, 0, 1, 1, 1]), np.array([0.3] * 3 + [0.6] * 3, np.float32)
+    per_fold = analyse(a.ids, pred, truth, images, np.arange(6) * 100.0, probs, 0.45, fold=fold, tile_threshold=thr)
+    assert [(f, round(t, 2)) for f, t, _ in per_fold.fold_curves] == [(0, 0.3), (1, 0.6)]
+    k = list(a.thresholds).index(0.6)
+    assert per_fold.fold_curves[1][2][k] == pytest.approx(image_scores(probs[3:] > 0.6, truth[3:]).mean())
     worst = a.worst(3)
     assert a.scores[worst].tolist() == sorted(a.scores.tolist())[:3]
     # ties are broken by more wrong pixels first

@@ -67,6 +67,7 @@ class Analysis:
     curve: np.ndarray | None  # (T,) mean score of probs > t (no post-processing)
     best_threshold: float | None
     used_threshold: float | None  # mean threshold the final masks were made with
+    fold_curves: list[tuple[int, float, np.ndarray]]  # (fold, its threshold, its curve) when folds differ
     wrong_pixels: np.ndarray  # (N,) pixels where prediction and truth differ
     empty_fp: int  # empty truth, non-empty prediction
     nonempty_fn: int  # salt in the truth, empty prediction
@@ -81,20 +82,36 @@ class Analysis:
         return order[:n]
 
 
+def fold_curves(probs: np.ndarray, truth: np.ndarray, fold: np.ndarray, tile_threshold: np.ndarray
+                ) -> list[tuple[int, float, np.ndarray]]:
+    """Per fold: (fold, the threshold its tiles got, mean score of probs > t over THRESHOLDS)."""
+    out = []
+    for f in np.unique(fold):
+        sel = fold == f
+        _, _, curve = threshold_search(probs[sel], truth[sel], THRESHOLDS)
+        out.append((int(f), float(tile_threshold[sel][0]), curve))
+    return out
+
+
 def analyse(ids: np.ndarray, pred: np.ndarray, truth: np.ndarray, images: np.ndarray, depths: np.ndarray,
-            probs: np.ndarray | None = None, used_threshold: float | None = None, n_bands: int = 5) -> Analysis:
+            probs: np.ndarray | None = None, used_threshold: float | None = None, n_bands: int = 5,
+            fold: np.ndarray | None = None, tile_threshold: np.ndarray | None = None) -> Analysis:
     """Score the final masks ``pred`` (N, 101, 101) against ``truth`` and group the scores.
 
-    ``probs`` (N, 101, 101) adds the threshold curve of ``probs > t`` over THRESHOLDS.
+    ``probs`` (N, 101, 101) adds the threshold curve of ``probs > t`` over THRESHOLDS; with ``fold``
+    and ``tile_threshold`` (N,) also one curve per fold (ensembles threshold each fold on its own).
     """
     scores = image_scores(pred, truth)
     band, band_names = depth_bands(depths, n_bands)
     types = mask_types(images, truth)
     flat_p, flat_t = pred.reshape(len(pred), -1).any(axis=1), truth.reshape(len(truth), -1).any(axis=1)
     thresholds = curve = best = None
+    per_fold: list[tuple[int, float, np.ndarray]] = []
     if probs is not None:
         best, _, curve = threshold_search(probs, truth, THRESHOLDS)
         thresholds = THRESHOLDS
+        if fold is not None and tile_threshold is not None and len(np.unique(fold)) > 1:
+            per_fold = fold_curves(probs, truth, fold, tile_threshold)
     return Analysis(
         ids=np.asarray(ids), scores=scores,
         coverage=group_breakdown(scores, coverage_bins(truth), BIN_NAMES, key="bin"),
@@ -102,4 +119,5 @@ def analyse(ids: np.ndarray, pred: np.ndarray, truth: np.ndarray, images: np.nda
         types=group_breakdown(scores, types, MASK_TYPES, key="type"), type_index=types,
         wrong_pixels=(pred.reshape(len(pred), -1) != truth.reshape(len(truth), -1)).sum(axis=1),
         thresholds=thresholds, curve=curve, best_threshold=best, used_threshold=used_threshold,
+        fold_curves=per_fold,
         empty_fp=int((~flat_t & flat_p).sum()), nonempty_fn=int((flat_t & ~flat_p).sum()))

@@ -14,20 +14,28 @@ from matplotlib.patches import Patch  # noqa: E402
 from salt_exp.viz.analysis import MASK_TYPES, Analysis  # noqa: E402
 from salt_exp.viz.mosaic_plot import PRED_COLOR, TRUTH_RGBA  # noqa: E402
 
+FOLD_COLOURS = ("tab:olive", "tab:cyan", "tab:pink", "tab:brown", "tab:purple", "tab:gray")
+
 
 def threshold_figure(a: Analysis, title: str) -> Figure:
     """Mean score of ``probs > t`` against t, with the threshold used, the best one and the final score."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    ax.plot(a.thresholds, a.curve, color="tab:blue", label="mean score of probs > t (before post-processing)")
-    ax.axvline(a.best_threshold, color="tab:green", linestyle=":", label=f"best t = {a.best_threshold:.2f} "
+    ax.plot(a.thresholds, a.curve, color="tab:blue", linewidth=2, label="all tiles: mean score of probs > t")
+    for k, (fold, used, curve) in enumerate(a.fold_curves):
+        colour = FOLD_COLOURS[k % len(FOLD_COLOURS)]
+        ax.plot(a.thresholds, curve, color=colour, linewidth=0.9, alpha=0.8, label=f"fold {fold} (its t = {used:.2f})")
+        ax.plot([used], [np.interp(used, a.thresholds, curve)], "o", color=colour, markersize=5)
+    ax.axvline(a.best_threshold, color="black", linestyle=":", label=f"best single t = {a.best_threshold:.2f} "
                f"({float(a.curve.max()):.4f})")
     if a.used_threshold is not None:
         ax.axvline(a.used_threshold, color="tab:orange", linestyle="--", label=f"t used = {a.used_threshold:.2f} (mean over folds)")
-    ax.axhline(a.score, color="tab:red", linewidth=0.8, label=f"final masks = {a.score:.4f}")
-    ax.set_ylim(min(float(a.curve.min()), a.score) - 0.03, max(float(a.curve.max()), a.score) + 0.03)
-    ax.set(title=title, xlabel="probability threshold t", ylabel="competition score (mean over tiles)")
+    ax.axhline(a.score, color="tab:red", linewidth=0.8, label=f"final masks (as submitted) = {a.score:.4f}")
+    curves = [a.curve, *(c for _, _, c in a.fold_curves)]
+    ax.set_ylim(min(min(float(c.min()) for c in curves), a.score) - 0.03, max(max(float(c.max()) for c in curves), a.score) + 0.03)
+    ax.set(title=f"{title}\nbefore post-processing", xlabel="probability threshold t",
+           ylabel="competition score (mean over tiles)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower center", fontsize=8)
+    ax.legend(loc="lower center", fontsize=7, ncol=2 if a.fold_curves else 1)
     fig.tight_layout()
     plt.close(fig)
     return fig

@@ -83,7 +83,8 @@ def write_report(output: RunOutput, data: KaggleData, out_dir: Path, context: di
     oof = output.oof
     pos = data.train.position(oof.ids)
     images, truth, depths = data.train.images[pos], data.train.masks[pos], data.train.depths[pos]
-    a = analyse(oof.ids, oof.pred, truth, images, depths, oof.probs, oof.threshold)
+    a = analyse(oof.ids, oof.pred, truth, images, depths, oof.probs, oof.threshold, fold=oof.fold,
+                tile_threshold=oof.tile_threshold)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = output.label
     figs = {

@@ -31,6 +31,8 @@ class Predictions:
     pred: np.ndarray  # (N, 101, 101) bool: the masks as submitted / scored
     probs: np.ndarray | None = None  # (N, 101, 101) float16 probabilities (out-of-fold sources only)
     threshold: float | None = None  # mean threshold ``pred`` was made with (before post-processing)
+    fold: np.ndarray | None = None  # (N,) fold of each tile (ensembles: they threshold per fold)
+    tile_threshold: np.ndarray | None = None  # (N,) the threshold each tile got
 
     def masks(self) -> dict[str, np.ndarray]:
         return dict(zip(self.ids.tolist(), self.pred, strict=True))
@@ -83,7 +85,8 @@ def ensemble_oof(run_id: str, cache: Path) -> Predictions:
     with np.load(_fetch(run_id, ENSEMBLE_OOF, cache), allow_pickle=False) as z:
         ids, probs, thr = z["ids"].astype(str), z["probs"], z["threshold"]
         pred = np.unpackbits(z["pred"], axis=-1, count=probs.shape[-1]).astype(bool)
-    return Predictions(ids, pred, probs, float(thr.mean()) if len(thr) else None)
+        fold = z["fold"].astype(np.int64)
+    return Predictions(ids, pred, probs, float(thr.mean()) if len(thr) else None, fold, thr)
 
 
 def _fold_output(run_id: str, summary: dict, cache: Path, cycle: int | None) -> RunOutput:
