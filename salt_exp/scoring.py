@@ -20,21 +20,23 @@ def _decode_all(df: pd.DataFrame, path: Path, shape: tuple[int, int]) -> np.ndar
     return out
 
 
+def _unique_ids(df: pd.DataFrame, path: Path) -> None:
+    dup = duplicated_ids(df)
+    if dup:
+        raise SaltError(f"{path}: duplicate id {dup[0]} ({len(dup)} duplicated ids)")
+
+
 def read_masks(path: str | Path, kind: str = "submission") -> tuple[np.ndarray, np.ndarray]:
     """(ids, masks uint8 (N, 101, 101)) of an id,rle_mask CSV; duplicate ids or bad RLE raise SaltError."""
     path = Path(path)
     df = read_table(path, kind)
-    dup = duplicated_ids(df)
-    if dup:
-        raise SaltError(f"{path}: duplicate id {dup[0]} ({len(dup)} duplicated ids)")
+    _unique_ids(df, path)
     return df["id"].to_numpy(dtype=str), _decode_all(df, path, (101, 101))
 
 
 def _match_ids(sub: pd.DataFrame, sol: pd.DataFrame, sub_path: Path, sol_path: Path) -> pd.DataFrame:
     for df, path in ((sub, sub_path), (sol, sol_path)):
-        dup = duplicated_ids(df)
-        if dup:
-            raise SaltError(f"{path}: duplicate id {dup[0]} ({len(dup)} duplicated ids)")
+        _unique_ids(df, path)
     missing = sorted(set(sol["id"]) - set(sub["id"]))
     if missing:
         raise SaltError(f"{sub_path}: missing id {missing[0]} ({len(missing)} solution ids have no row)")

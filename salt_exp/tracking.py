@@ -197,8 +197,12 @@ def registry_versions(model_name: str) -> list[dict[str, Any]]:
         found = c.search_model_versions(f"name='{model_name}'")
     except MlflowException:
         return []
-    return [{"name": model_name, "version": str(v.version), "run_id": v.run_id, "source": v.source, "tags": dict(v.tags),
-             "created_ms": int(v.creation_timestamp or 0)} for v in found]
+    return [_version_dict(model_name, v) for v in found]
+
+
+def _version_dict(model_name: str, v: Any) -> dict[str, Any]:
+    return {"name": model_name, "version": str(v.version), "run_id": v.run_id, "source": v.source, "tags": dict(v.tags),
+            "created_ms": int(v.creation_timestamp or 0)}
 
 
 def download_run_artifact(run_id: str, artifact_path: str, dst: str | Path) -> Path:
@@ -217,8 +221,7 @@ def alias_version(model_name: str, alias: str) -> dict[str, Any] | None:
         v = client().get_model_version_by_alias(model_name, alias)
     except MlflowException:
         return None
-    return {"name": model_name, "version": str(v.version), "run_id": v.run_id, "source": v.source, "tags": dict(v.tags),
-            "created_ms": int(v.creation_timestamp or 0)}
+    return _version_dict(model_name, v)
 
 
 # ---------------------------------------------------------------- study support (parent runs, a local server)

@@ -23,6 +23,12 @@ from salt_exp.data.tables import duplicated_ids, numeric_column, read_table
 from salt_exp.errors import SaltError
 
 
+def blank_images(images: np.ndarray) -> np.ndarray:
+    """(N,) bool: which of the (N, H, W) images hold a single constant value (the competition's blank tiles)."""
+    flat = np.asarray(images).reshape(len(images), -1)
+    return flat.min(axis=1) == flat.max(axis=1)
+
+
 @dataclass(frozen=True)
 class TileSet:
     """Tiles held in memory: ids (N,), images (N,101,101) uint8, depths (N,) float32, masks 0/1 or None."""
@@ -38,8 +44,7 @@ class TileSet:
     @property
     def blank(self) -> np.ndarray:
         """(N,) bool: tiles of a single constant value."""
-        flat = self.images.reshape(len(self), -1)
-        return flat.min(axis=1) == flat.max(axis=1)
+        return blank_images(self.images)
 
     def position(self, ids: list[str] | np.ndarray) -> np.ndarray:
         """Row indices of ``ids``; SaltError naming the first unknown id."""

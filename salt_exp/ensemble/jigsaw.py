@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from salt_exp.data.kaggle import blank_images
 from salt_exp.errors import SaltError
 
 
@@ -106,8 +107,7 @@ def match_edges(images: np.ndarray, cfg: JigsawConfig = JigsawConfig()) -> pd.Da
     columns = {"a": np.int64, "b": np.int64, "dx": np.int64, "dy": np.int64, "cost": np.float64}
     if len(images) < 3:  # the ratio test needs a second-best candidate
         return pd.DataFrame({k: np.zeros(0, t) for k, t in columns.items()})
-    flat = images.reshape(len(images), -1)
-    blank = flat.min(axis=1) == flat.max(axis=1)
+    blank = blank_images(images)
     frames = []
     for axis, (dx, dy) in ((1, (0, 1)), (2, (1, 0))):
         u, v, spread_u, spread_v = _sides(images, axis)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from salt_exp.data.kaggle import blank_images
 from salt_exp.ensemble.mosaic import MosaicIndex
 from salt_exp.errors import SaltError
 from salt_exp.metrics import image_scores
@@ -55,9 +56,8 @@ def blank_rule(pred: np.ndarray, ctx: RuleContext) -> np.ndarray:
     """Empty prediction for blank tiles (a single grey value)."""
     if ctx.images is None:
         raise SaltError("rule 'blank' needs the tile images; pass images=")
-    flat = np.asarray(ctx.images).reshape(len(pred), -1)
     out = pred.copy()
-    out[flat.min(axis=1) == flat.max(axis=1)] = False
+    out[blank_images(ctx.images)] = False
     return out
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from salt_exp.data.kaggle import blank_images
 from salt_exp.ensemble.postprocess import vertical_row
 from salt_exp.metrics import BIN_NAMES, coverage_bins, group_breakdown, image_scores, threshold_search
 
@@ -25,8 +26,7 @@ THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.01), 2)
 
 def mask_types(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """(N,) index into MASK_TYPES of each (image, truth mask) pair; images (N, H, W), masks (N, H, W) 0/1."""
-    flat = images.reshape(len(images), -1)
-    blank = flat.min(axis=1) == flat.max(axis=1)
+    blank = blank_images(images)
     out = np.empty(len(masks), np.int64)
     for i, m in enumerate(np.asarray(masks) != 0):
         if blank[i]:

@@ -16,7 +16,7 @@ from salt_exp.data.kaggle import KaggleData, load_kaggle
 from salt_exp.ensemble.build import mosaic_index
 from salt_exp.ensemble.mosaic import MosaicIndex
 from salt_exp.errors import SaltError
-from salt_exp.io import atomic_path, write_json
+from salt_exp.io import write_json
 from salt_exp.scoring import read_masks
 from salt_exp.tracking import RunTracker, run_summary
 from salt_exp.viz.sources import RunOutput, champion_run, data_root_of, run_output, submission_output
@@ -81,17 +81,12 @@ def _log(run_id: str | None, paths: Sequence[Path], folder: str) -> None:
 
 
 def draw_mosaics(output: RunOutput, scene: Scene, mosaic_ids: Sequence[int], out_dir: Path) -> list[Path]:
-    from salt_exp.viz.mosaic_plot import pick_mosaic, render_mosaic
+    from salt_exp.viz.mosaic_plot import pick_mosaic, render_mosaic, save_png
 
     pred = output.masks()
     ids = list(mosaic_ids) or [pick_mosaic(scene.index, scene.truth, pred)]
-    paths = []
-    for m in ids:
-        fig = render_mosaic(scene.index, m, scene.images, scene.truth, pred, output.label, scene.test_ids)
-        with atomic_path(out_dir / f"mosaic_{m}.png") as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        paths.append(out_dir / f"mosaic_{m}.png")
-    return paths
+    return [save_png(render_mosaic(scene.index, m, scene.images, scene.truth, pred, output.label, scene.test_ids),
+                     out_dir / f"mosaic_{m}.png") for m in ids]
 
 
 def mosaic_command(run: str | None = None, study: str | None = None, submission: str | None = None,

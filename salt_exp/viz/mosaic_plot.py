@@ -9,6 +9,7 @@ animation line up pixel for pixel.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from pathlib import Path
 
 import matplotlib
 
@@ -21,6 +22,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 from salt_exp.ensemble.mosaic import TILE, MosaicIndex  # noqa: E402
+from salt_exp.io import atomic_path  # noqa: E402
 from salt_exp.metrics import image_scores  # noqa: E402
 
 TRUTH_RGBA = (0.20, 0.50, 1.00, 0.42)
@@ -63,8 +65,8 @@ def _scale(rows: int, cols: int, max_px: int) -> float:
 def _layers(index: MosaicIndex, mosaic_id: int, images, truth, pred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     image = index.assemble(mosaic_id, images)  # NaN where no tile
     truth_rgba = np.zeros((*image.shape, 4), np.float32)
-    truth_rgba[index.assemble(mosaic_id, {k: v for k, v in truth.items()}, fill=0) != 0] = TRUTH_RGBA
-    pred_mask = index.assemble(mosaic_id, {k: np.asarray(v, np.float32) for k, v in pred.items()}, fill=0)
+    truth_rgba[index.assemble(mosaic_id, truth, fill=0) != 0] = TRUTH_RGBA
+    pred_mask = index.assemble(mosaic_id, pred, fill=0).astype(np.float32)  # contour needs numbers, not bools
     return image, truth_rgba, pred_mask
 
 
@@ -148,6 +150,13 @@ def render_mosaic(index: MosaicIndex, mosaic_id: int, images: Mapping[str, np.nd
     _legend(fig)
     plt.close(fig)
     return fig
+
+
+def save_png(fig: Figure, path: Path) -> Path:
+    """Write a figure as PNG atomically (never a half-written image)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return path
 
 
 def figure_rgb(fig: Figure) -> np.ndarray:

@@ -15,11 +15,12 @@ import numpy as np
 
 from salt_exp.data.kaggle import KaggleData
 from salt_exp.errors import SaltError
-from salt_exp.io import atomic_open, atomic_path
+from salt_exp.io import atomic_open
 from salt_exp.train.plots import breakdown_figure
 from salt_exp.viz.analysis import MASK_TYPES, Analysis, analyse
 from salt_exp.viz.figures import gallery_figure, threshold_figure
 from salt_exp.viz.html import Section, render_page
+from salt_exp.viz.mosaic_plot import save_png
 from salt_exp.viz.sources import RunOutput
 
 SECTIONS = ("summary", "coverage", "depth", "mask-type", "threshold", "gallery", "mosaic")
@@ -39,12 +40,6 @@ class Report:
         out.update({f"analysis_map_type_{r['type']}": r["mean_score"] for r in a.types if r["count"]})
         out.update({f"analysis_map_depth_band{k}": r["mean_score"] for k, r in enumerate(a.depth) if r["count"]})
         return out
-
-
-def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
 
 
 def _rows(rows: list[dict]) -> list[dict]:
@@ -88,24 +83,24 @@ def write_report(output: RunOutput, data: KaggleData, out_dir: Path, context: di
     out_dir.mkdir(parents=True, exist_ok=True)
     name = output.label
     figs = {
-        "coverage": _save(breakdown_figure(a.coverage, "bin", f"{name}: by salt coverage", "salt coverage (%)"),
+        "coverage": save_png(breakdown_figure(a.coverage, "bin", f"{name}: by salt coverage", "salt coverage (%)"),
                           out_dir / "coverage.png"),
-        "depth": _save(breakdown_figure(a.depth, "band", f"{name}: by depth band (equal-count bands)", "depth band"),
+        "depth": save_png(breakdown_figure(a.depth, "band", f"{name}: by depth band (equal-count bands)", "depth band"),
                        out_dir / "depth.png"),
-        "mask-type": _save(breakdown_figure(a.types, "type", f"{name}: by mask type", "mask type"),
+        "mask-type": save_png(breakdown_figure(a.types, "type", f"{name}: by mask type", "mask type"),
                            out_dir / "mask_types.png"),
     }
     if a.curve is not None:
-        figs["threshold"] = _save(threshold_figure(a, f"{name}: threshold curve (out-of-fold)"), out_dir / "threshold.png")
+        figs["threshold"] = save_png(threshold_figure(a, f"{name}: threshold curve (out-of-fold)"), out_dir / "threshold.png")
     worst = a.worst(n_worst)
-    figs["gallery"] = _save(gallery_figure(a, worst, images, truth, oof.pred, depths, f"{name}: the {len(worst)} worst tiles"),
+    figs["gallery"] = save_png(gallery_figure(a, worst, images, truth, oof.pred, depths, f"{name}: the {len(worst)} worst tiles"),
                             out_dir / "worst_tiles.png")
     mosaic_id = None
     if mosaic is not None:
         index, draw = mosaic
         mosaic_id = worst_mosaic(index, a)
         if mosaic_id is not None:
-            figs["mosaic"] = _save(draw(mosaic_id), out_dir / f"mosaic_{mosaic_id}.png")
+            figs["mosaic"] = save_png(draw(mosaic_id), out_dir / f"mosaic_{mosaic_id}.png")
     sections = _sections(output, a, figs, worst, depths, context or {}, mosaic_id)
     page = render_page(f"Error analysis: {name}", f"salt-exp report, generated {dt.datetime.now().isoformat(timespec='seconds')}",
                        sections)
