@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -10,6 +11,7 @@ from salt_exp.config import (
     apply_overrides,
     config_hash,
     dump_yaml,
+    engine,
     flatten,
     load_config,
     to_dict,
@@ -179,3 +181,65 @@ def test_apply_overrides_validates():
     assert (cfg.augment.crop, cfg.optim.name) == (0.0, "adamw")
     with pytest.raises(SaltError, match="valid keys in 'augment'"):
         apply_overrides(cfg, ["augment.vflip=0.5"])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    size: int = engine.num(1, ge=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fast:
+    type: Literal["fast"] = "fast"
+    rate: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slow:
+    type: Literal["slow"] = "slow"
+    delay: int = 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Toy:
+    label: str
+    inner: _Inner = dataclasses.field(default_factory=_Inner)
+    mode: _Fast | _Slow = dataclasses.field(default_factory=_Fast)
+    extra: _Inner | None = None
+    named: dict[str, _Fast | _Slow] = dataclasses.field(default_factory=dict)
+
+
+def test_engine_checks_any_dataclass_schema():
+    raw = {"label": "x", "inner": {"size": 3}, "mode": "slow", "extra": None, "named": {"a": {"type": "fast", "rate": 2}}}
+    checked = engine.check_mapping(raw, _Toy, "toy.yaml")
+    assert checked["mode"] == {"type": "slow"} and checked["named"] == {"a": {"type": "fast", "rate": 2.0}}
+    toy = engine.build(_Toy, checked)
+    assert toy == _Toy(label="x", inner=_Inner(3), mode=_Slow(), named={"a": _Fast(rate=2.0)})
+    assert engine.from_mapping({"label": "y", "mode": {"rate": 3}}, _Toy, "t").mode == _Fast(rate=3.0)
+    merged = engine.merge(checked, engine.check_mapping({"label": "z", "mode": {"type": "fast"}}, _Toy, "t"), _Toy)
+    assert engine.build(_Toy, merged).mode == _Fast() and merged["inner"] == {"size": 3}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({}, "'label' is required"),
+        ({"label": "x", "lable": 1}, "unknown key 'lable'; valid keys at top level: label, inner, mode, extra, named"),
+        ({"label": "x", "inner": {"sise": 1}}, "unknown key 'inner.sise'; valid keys in 'inner': size"),
+        ({"label": "x", "inner": {"size": 0}}, "'inner.size' must be >= 1, got 0"),
+        ({"label": "x", "mode": {"type": "slow", "rate": 1}}, "unknown key 'mode.rate'; valid keys in 'mode': type, delay"),
+        ({"label": "x", "mode": "medium"}, "'mode.type' expects one of 'fast', 'slow', got 'medium'"),
+        ({"label": "x", "mode": 3}, "'mode' must be a mapping with a type ('fast', 'slow') or just the type, got 3"),
+        ({"label": "x", "extra": 3}, "'extra' must be a mapping with keys size, got 3"),
+        ({"label": "x", "named": {"a": {"rate": 1}}}, "'named.a.type' expects one of 'fast', 'slow', got None"),
+        ({"label": "x", "named": {"a": {"type": "slow", "delay": "x"}}}, "'named.a.delay' expects int, got 'x'"),
+    ],
+)
+def test_engine_errors_name_where_and_the_dotted_key(raw, message):
+    with pytest.raises(SaltError) as info:
+        engine.check_mapping(raw, _Toy, "toy.yaml")
+    assert str(info.value) == f"toy.yaml: {message}"
+
+
+def test_engine_yaml_reads_exponents_as_floats():
+    assert engine.parse_yaml("a: 1e-4\nb: 1.5E+3\nc: 1e\n", "x") == {"a": 1e-4, "b": 1500.0, "c": "1e"}

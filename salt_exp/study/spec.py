@@ -14,38 +14,120 @@ Layout (every key but ``base`` and ``space`` is optional)::
     sampler: {type: tpe, seed: 42}      # tpe | random | grid
     pruner: {type: median}              # median | hyperband | none
     stale_after: 600                    # seconds without heartbeat before a remote worker counts as gone
+    ensemble: {top_cycles: 2}           # build the ensemble once the trials are done (EnsembleOptions)
 
-Every problem is a one-line ``SaltError`` naming the file and the key, listing the valid keys or
-choices. Each space key is applied at load time with its low and high values / every choice (and
-each enqueued trial once), so a misspelled config key fails before any training.
+The file is read with the config's YAML parser (``1e-4`` is a float) and checked against
+:class:`StudyFile` by the config engine, so a mistake is the same one-line ``SaltError`` as in a config
+file: the file, the dotted key, the valid keys or the expected type. Each space key is then applied to
+the base config with its low and high values / every choice (and each enqueued trial once), so a
+misspelled config key fails before any training.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, Literal
 
 from salt_exp.config import ExperimentConfig, apply_overrides, load_config
+from salt_exp.config.engine import build, check_mapping, convert, num, unknown_key
+from salt_exp.config.files import read_yaml_mapping
+from salt_exp.ensemble.options import EnsembleOptions
 from salt_exp.errors import SaltError
 
-TOP_KEYS = ("base", "set", "space", "enqueue", "n_trials", "timeout", "folds", "sampler", "pruner", "stale_after",
-            "ensemble")
-ENSEMBLE_KEYS = ("top_cycles", "threshold", "postprocess", "report")
-PARAM_TYPES = ("float", "int", "categorical")
-PARAM_KEYS = {"float": ("type", "low", "high", "log", "step"), "int": ("type", "low", "high", "log", "step"),
-              "categorical": ("type", "choices")}
-SAMPLERS = {"tpe": ("type", "seed", "n_startup_trials", "multivariate"), "random": ("type", "seed"),
-            "grid": ("type", "seed")}
-PRUNERS = {"median": ("type", "n_startup_trials", "n_warmup_steps", "interval_steps"),
-           "hyperband": ("type", "min_resource", "max_resource", "reduction_factor"), "none": ("type",)}
+# ---------------------------------------------------------------- the file's schema
+
+# Sampler and pruner defaults are Optuna's: only the keys a file sets are passed on.
 
 
 @dataclass(frozen=True)
+class TPESampler:
+    type: Literal["tpe"] = "tpe"
+    seed: int | None = None
+    n_startup_trials: int = num(10, ge=0)
+    multivariate: bool = False
+
+
+@dataclass(frozen=True)
+class RandomSampler:
+    type: Literal["random"] = "random"
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GridSampler:
+    type: Literal["grid"] = "grid"
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class MedianPruner:
+    type: Literal["median"] = "median"
+    n_startup_trials: int = num(5, ge=0)
+    n_warmup_steps: int = num(0, ge=0)
+    interval_steps: int = num(1, ge=1)
+
+
+@dataclass(frozen=True)
+class HyperbandPruner:
+    type: Literal["hyperband"] = "hyperband"
+    min_resource: int = num(1, ge=1)
+    max_resource: int | Literal["auto"] = num("auto", ge=1)
+    reduction_factor: int = num(3, ge=2)
+
+
+@dataclass(frozen=True)
+class NoPruner:
+    type: Literal["none"] = "none"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FloatSpace:
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = num(None, gt=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IntSpace:
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int | None = num(None, ge=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CategoricalSpace:
+    type: Literal["categorical"]
+    choices: tuple[Any, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyFile:
+    """The keys of a study file (see the module docstring)."""
+
+    base: str
+    set: dict[str, Any] = field(default_factory=dict)
+    space: dict[str, FloatSpace | IntSpace | CategoricalSpace]
+    enqueue: tuple[dict[str, Any], ...] = ()
+    n_trials: int = 10  # below 0 counts as 0
+    timeout: float | None = None
+    folds: tuple[int, ...] | None = None  # null: all of data.n_folds
+    sampler: TPESampler | RandomSampler | GridSampler = field(default_factory=TPESampler)
+    pruner: MedianPruner | HyperbandPruner | NoPruner = field(default_factory=MedianPruner)
+    stale_after: float = 600.0
+    ensemble: EnsembleOptions | None = None
+
+
+# ---------------------------------------------------------------- the validated spec
+
+
+@dataclass(frozen=True, kw_only=True)
 class Param:
     """One search-space entry. Categorical choices that are not plain scalars (a dict of loss terms)
     are carried as their JSON text, since Optuna choices must be None/bool/int/float/str."""
@@ -59,7 +141,7 @@ class Param:
     choices: tuple[Any, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StudySpec:
     name: str
     path: Path
@@ -70,10 +152,10 @@ class StudySpec:
     n_trials: int
     timeout: float | None
     folds: tuple[int, ...]
-    sampler: dict[str, Any]
+    sampler: dict[str, Any]  # type and the keys the file sets (Optuna's defaults for the rest)
     pruner: dict[str, Any]
     stale_after: float
-    ensemble: dict[str, Any] | None = None  # build the ensemble after the study (top_cycles, threshold, postprocess)
+    ensemble: EnsembleOptions | None = None  # build the ensemble after the study
 
     def base_config(self) -> ExperimentConfig:
         return load_config(self.base, self.overrides)
@@ -93,90 +175,84 @@ def trial_overrides(params: Mapping[str, Any]) -> list[str]:
     return [override_text(k, v) for k, v in params.items()]
 
 
-class _Where:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def error(self, key: str, message: str) -> SaltError:
-        return SaltError(f"{self.path}: '{key}' {message}")
-
-    def mapping(self, value: Any, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-        if not isinstance(value, Mapping):
-            raise self.error(key, f"must be a mapping, got {value!r}")
-        for k in value:
-            if k not in allowed:
-                raise self.error(f"{key}.{k}" if key else k, f"is not a valid key; valid: {', '.join(allowed)}")
-        return dict(value)
-
-    def number(self, value: Any, key: str, kind: type = float) -> float | int:
-        try:
-            out = kind(value) if not isinstance(value, bool) else None
-        except (TypeError, ValueError):
-            out = None
-        if out is None or (kind is int and isinstance(value, float) and not value.is_integer()):
-            raise self.error(key, f"must be a{'n int' if kind is int else ' number'}, got {value!r}")
-        return out
+# ---------------------------------------------------------------- checks beyond the schema
 
 
-def _param(w: _Where, key: str, raw: Any) -> Param:
-    where = f"space.{key}"
-    if not isinstance(raw, Mapping) or raw.get("type") not in PARAM_TYPES:
-        got = raw.get("type") if isinstance(raw, Mapping) else raw
-        raise w.error(f"{where}.type", f"must be one of {', '.join(PARAM_TYPES)}, got {got!r}")
-    kind = raw["type"]
-    spec = w.mapping(raw, where, PARAM_KEYS[kind])
-    if kind == "categorical":
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise w.error(f"{where}.choices", f"must be a non-empty list, got {choices!r}")
-        return Param(key, kind, choices=tuple(encode_choice(c) for c in choices))
-    num = int if kind == "int" else float
-    for k in ("low", "high"):
-        if k not in spec:
-            raise w.error(f"{where}.{k}", f"is required for type {kind}")
-    low, high = w.number(spec["low"], f"{where}.low", num), w.number(spec["high"], f"{where}.high", num)
-    if low > high or (spec.get("log") and low <= 0):
-        raise w.error(where, f"needs low <= high (and low > 0 with log), got low={low} high={high}")
-    step = w.number(spec["step"], f"{where}.step", num) if spec.get("step") is not None else None
-    return Param(key, kind, low, high, bool(spec.get("log", False)), step)
+def _blank(key: str, value: Any) -> bool:
+    """``null`` for an optional section, an empty ``set``/``enqueue`` and ``ensemble: false`` mean "not set"."""
+    if value is None:
+        return key in ("set", "enqueue", "sampler", "pruner")
+    return (key in ("set", "enqueue") and value in ({}, [])) or (key == "ensemble" and value is False)
 
 
-def _validate_value(w: _Where, p: Param, value: Any, where: str) -> Any:
-    if p.type == "categorical":
-        enc = encode_choice(value)
-        if enc not in p.choices:
-            raise w.error(where, f"must be one of the choices of space.{p.key}: {', '.join(map(str, p.choices))}; got {value!r}")
-        return enc
-    return w.number(value, where, int if p.type == "int" else float)
+def _param(where: str, key: str, raw: FloatSpace | IntSpace | CategoricalSpace) -> Param:
+    if isinstance(raw, CategoricalSpace):
+        return Param(key=key, type=raw.type, choices=tuple(encode_choice(c) for c in raw.choices))
+    if raw.low > raw.high or (raw.log and raw.low <= 0):
+        raise SaltError(f"{where}: 'space.{key}' needs low <= high (and low > 0 with log), "
+                        f"got low={raw.low} high={raw.high}")
+    return Param(key=key, type=raw.type, low=raw.low, high=raw.high, log=raw.log, step=raw.step)
 
 
-def _probe(w: _Where, base: ExperimentConfig, overrides: list[str], key: str) -> None:
+def _probe(where: str, base: ExperimentConfig, overrides: list[str], key: str) -> None:
     try:
         apply_overrides(base, overrides)
     except SaltError as exc:
-        raise w.error(key, f"does not apply to the base config: {exc}") from None
+        raise SaltError(f"{where}: '{key}' does not apply to the base config: {exc}") from None
 
 
-def _options(w: _Where, raw: Any, key: str, table: dict[str, tuple[str, ...]], default: str) -> dict[str, Any]:
-    raw = {"type": default} if raw is None else ({"type": raw} if isinstance(raw, str) else raw)
-    if not isinstance(raw, Mapping) or raw.get("type", default) not in table:
-        got = raw.get("type") if isinstance(raw, Mapping) else raw
-        raise w.error(f"{key}.type", f"must be one of {', '.join(table)}, got {got!r}")
-    out = w.mapping(raw, key, table[raw.get("type", default)])
-    out.setdefault("type", default)
-    return out
+def _enqueued(where: str, i: int, item: dict[str, Any], space: tuple[Param, ...], base: ExperimentConfig) -> dict:
+    """One enqueued trial: keys from the space, values of their types or choices (encoded), applied once."""
+    by_key, fixed = {p.key: p for p in space}, {}
+    for k, value in item.items():
+        key = f"enqueue[{i}].{k}"
+        if k not in by_key:
+            raise unknown_key(str(k), f"enqueue[{i}].", list(by_key), where)
+        p = by_key[k]
+        if p.type != "categorical":
+            fixed[k] = convert(value, int if p.type == "int" else float, key, where)
+        elif encode_choice(value) in p.choices:
+            fixed[k] = encode_choice(value)
+        else:
+            raise SaltError(f"{where}: '{key}' expects one of the choices of space.{k} "
+                            f"({', '.join(map(str, p.choices))}), got {value!r}")
+    _probe(where, base, trial_overrides(fixed), f"enqueue[{i}]")
+    return fixed
 
 
-def _folds(w: _Where, raw: Any, n_folds: int) -> tuple[int, ...]:
-    if raw is None:
+def _folds(where: str, folds: tuple[int, ...] | None, n_folds: int) -> tuple[int, ...]:
+    if folds is None:
         return tuple(range(n_folds))
-    if not isinstance(raw, list) or not raw or len(set(map(str, raw))) != len(raw):
-        raise w.error("folds", f"must be a non-empty list of distinct fold numbers, got {raw!r}")
-    folds = tuple(int(w.number(f, "folds", int)) for f in raw)
+    if len(set(folds)) != len(folds):
+        raise SaltError(f"{where}: 'folds' must be a non-empty list of distinct fold numbers, got {list(folds)!r}")
     bad = [f for f in folds if not 0 <= f < n_folds]
     if bad:
-        raise w.error("folds", f"has {bad[0]} out of range: data.n_folds is {n_folds} (valid 0..{n_folds - 1})")
+        raise SaltError(f"{where}: 'folds' has {bad[0]} out of range: data.n_folds is {n_folds} "
+                        f"(valid 0..{n_folds - 1})")
     return folds
+
+
+def _base_config(where: str, path: Path, overrides: tuple[str, ...]) -> ExperimentConfig:
+    try:
+        return load_config(path, overrides)
+    except SaltError as exc:
+        raise SaltError(f"{where}: 'base'/'set' do not give a valid config: {exc}") from None
+
+
+def _space(where: str, file: StudyFile, base_cfg: ExperimentConfig) -> tuple[Param, ...]:
+    """The search space, each choice and both ends applied to the base config: a bad key fails now, not in trial 7."""
+    space = tuple(_param(where, key, p) for key, p in file.space.items())
+    for p in space:
+        for value in p.choices if p.type == "categorical" else (p.low, p.high):
+            _probe(where, base_cfg, [override_text(p.key, value)], f"space.{p.key}")
+    return space
+
+
+def _check_grid(where: str, file: StudyFile, space: tuple[Param, ...]) -> None:
+    if file.sampler.type == "grid":
+        for p in space:
+            if p.type == "float" and p.step is None:
+                raise SaltError(f"{where}: 'space.{p.key}' needs 'step' (or categorical choices) with the grid sampler")
 
 
 def load_study_spec(path: str | Path, extra_overrides: tuple[str, ...] | list[str] = ()) -> StudySpec:
@@ -184,68 +260,20 @@ def load_study_spec(path: str | Path, extra_overrides: tuple[str, ...] | list[st
     path = Path(path)
     if not path.is_file():
         raise SaltError(f"study file not found: {path}")
-    w = _Where(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SaltError(f"{path}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
-    raw = w.mapping(raw if raw is not None else {}, "", TOP_KEYS)
-    for key in ("base", "space"):
-        if key not in raw:
-            raise w.error(key, "is required")
-    if not isinstance(raw["base"], str):
-        raise w.error("base", f"must be a config file path, got {raw['base']!r}")
-    sets = raw.get("set") or {}
-    if not isinstance(sets, Mapping):
-        raise w.error("set", f"must be a mapping of dotted.key: value, got {sets!r}")
-    overrides = (*(override_text(k, v) for k, v in sets.items()), *extra_overrides)
-    base = (path.parent / raw["base"]).resolve()
-    try:
-        base_cfg = load_config(base, overrides)
-    except SaltError as exc:
-        raise SaltError(f"{path}: 'base'/'set' do not give a valid config: {exc}") from None
-    space_raw = raw["space"]
-    if not isinstance(space_raw, Mapping) or not space_raw:
-        raise w.error("space", "must be a non-empty mapping of dotted.key: {type, ...}")
-    space = tuple(_param(w, str(k), v) for k, v in space_raw.items())
-    for p in space:  # every choice and both ends: a bad key or value fails now, not in trial 7
-        for value in p.choices if p.type == "categorical" else (p.low, p.high):
-            _probe(w, base_cfg, [override_text(p.key, value)], f"space.{p.key}")
-    by_key = {p.key: p for p in space}
-    enqueue = []
-    for i, item in enumerate(raw.get("enqueue") or []):
-        item = w.mapping(item, f"enqueue[{i}]", tuple(by_key))
-        fixed = {k: _validate_value(w, by_key[k], v, f"enqueue[{i}].{k}") for k, v in item.items()}
-        _probe(w, base_cfg, trial_overrides(fixed), f"enqueue[{i}]")
-        enqueue.append(fixed)
-    n_trials = int(w.number(raw.get("n_trials", 10), "n_trials", int))
-    timeout = raw.get("timeout")
-    sampler = _options(w, raw.get("sampler"), "sampler", SAMPLERS, "tpe")
-    if sampler["type"] == "grid":
-        for p in space:
-            if p.type == "float" and p.step is None:
-                raise w.error(f"space.{p.key}", "needs 'step' (or categorical choices) with the grid sampler")
+    where = str(path)
+    checked = check_mapping({k: v for k, v in read_yaml_mapping(path, "study").items() if not _blank(k, v)},
+                            StudyFile, where)
+    file: StudyFile = build(StudyFile, checked)
+    overrides = (*(override_text(k, v) for k, v in file.set.items()), *extra_overrides)
+    base = (path.parent / file.base).resolve()
+    base_cfg = _base_config(where, base, overrides)
+    space = _space(where, file, base_cfg)
+    enqueue = tuple(_enqueued(where, i, item, space, base_cfg) for i, item in enumerate(file.enqueue))
+    _check_grid(where, file, space)
     return StudySpec(
-        name=path.stem, path=path.resolve(), base=base, overrides=tuple(overrides), space=space,
-        enqueue=tuple(enqueue), n_trials=max(n_trials, 0),
-        timeout=None if timeout is None else float(w.number(timeout, "timeout")),
-        folds=_folds(w, raw.get("folds"), base_cfg.data.n_folds), sampler=sampler,
-        pruner=_options(w, raw.get("pruner"), "pruner", PRUNERS, "median"),
-        stale_after=float(w.number(raw.get("stale_after", 600), "stale_after")),
-        ensemble=_ensemble(w, raw.get("ensemble")),
+        name=path.stem, path=path.resolve(), base=base, overrides=tuple(overrides), space=space, enqueue=enqueue,
+        n_trials=max(file.n_trials, 0), timeout=file.timeout, folds=_folds(where, file.folds, base_cfg.data.n_folds),
+        sampler=checked.get("sampler", {"type": file.sampler.type}),
+        pruner=checked.get("pruner", {"type": file.pruner.type}),
+        stale_after=file.stale_after, ensemble=file.ensemble,
     )
-
-
-def _ensemble(w: _Where, raw: Any) -> dict[str, Any] | None:
-    """The optional ``ensemble:`` section: built by ``salt-exp study`` once the trials are done."""
-    if raw is None or raw is False:
-        return None
-    opts = {"top_cycles": 2, "threshold": "search", "postprocess": "auto", "report": False,
-            **w.mapping(raw, "ensemble", ENSEMBLE_KEYS)}
-    if not isinstance(opts["report"], bool):
-        raise w.error("ensemble.report", f"must be true or false, got {opts['report']!r}")
-    if not isinstance(opts["top_cycles"], int) or opts["top_cycles"] < 1:
-        raise w.error("ensemble.top_cycles", f"must be an integer >= 1, got {opts['top_cycles']!r}")
-    if opts["threshold"] != "search" and not isinstance(opts["threshold"], int | float):
-        raise w.error("ensemble.threshold", f"must be 'search' or a number, got {opts['threshold']!r}")
-    return opts

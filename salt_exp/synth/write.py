@@ -21,7 +21,7 @@ from salt_exp.data.rle import rle_encode
 from salt_exp.metrics import BIN_NAMES, coverage_bins
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Tile:
     """One 101x101 tile of a section: ``image`` uint8, ``label`` bool, position and depth."""
 

@@ -1,7 +1,7 @@
 """A synthetic TGS-like dataset in the exact Kaggle layout: the project's embedded default data.
 
-Large seismic sections with salt bodies are rendered (``synth_geology``), labelled at section scale
-with the real annotation logic (``synth_labels``), cut into 101x101 tiles, split into interleaved
+Large seismic sections with salt bodies are rendered (``geology``), labelled at section scale
+with the real annotation logic (``labels``), cut into 101x101 tiles, split into interleaved
 train and test tiles, and written with the competition's file formats plus ``mosaics.csv`` (tile
 positions) and ``solution.csv`` (test masks with a Public/Private ``Usage``).
 
@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from salt_exp.data.synth_geology import render_section
-from salt_exp.data.synth_labels import annotate, cut_tiles
-from salt_exp.data.synth_write import Tile, coverage_histogram, write_dataset
 from salt_exp.errors import SaltError
+from salt_exp.synth.geology import render_section
+from salt_exp.synth.labels import annotate, cut_tiles
+from salt_exp.synth.write import Tile, coverage_histogram, write_dataset
 
 Z_MIN, Z_MAX = 50, 959  # the real depth range, in feet
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SynthConfig:
     """Knobs of the synthetic generator; the defaults build ~1100 train + ~370 test tiles.
 

@@ -1,6 +1,6 @@
 """Tile labels derived from a section's true salt geometry with the real TGS annotation logic.
 
-The real masks were drawn at section (mosaic) scale and only make full sense there (GUIDE section 1):
+The real masks were drawn at section (mosaic) scale and only make full sense there:
 
 - salt is labelled as a *cap*: once a tile's true last row is entirely salt, every tile below it in
   the same tile column is labelled empty;

@@ -59,7 +59,7 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float)
     return (out - out.mean()) / (out.std() + 1e-9)
 
 
-def _diapir(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, height: int, width: int) -> np.ndarray:
+def _diapir(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, *, height: int, width: int) -> np.ndarray:
     """A diapir rising from the bottom: rounded crest, steep leaning wiggly flanks, rugose top."""
     xc = rng.uniform(0.05, 0.95) * width
     top = rng.uniform(0.03, 0.6) * height
@@ -82,7 +82,7 @@ def _diapir(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, height: int,
     return mask
 
 
-def _sheet(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, height: int, width: int) -> np.ndarray:
+def _sheet(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, *, height: int, width: int) -> np.ndarray:
     """An allochthonous salt sheet: a lens with rounded tips and rugose top and base."""
     xc = rng.uniform(0.1, 0.9) * width
     length = rng.uniform(1.0, 3.5) * TILE
@@ -101,14 +101,14 @@ def _mother_salt(rng: np.random.Generator, y: np.ndarray, height: int, width: in
     return y >= height - thick + undulation[None, :]
 
 
-def salt_geometry(rng: np.random.Generator, height: int, width: int, diapirs: int, sheets: int) -> np.ndarray:
+def salt_geometry(rng: np.random.Generator, height: int, width: int, *, diapirs: int, sheets: int) -> np.ndarray:
     """The true salt mask of a section, (height, width) bool."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     salt = np.zeros((height, width), dtype=bool)
     for _ in range(diapirs):
-        salt |= _diapir(rng, y, x, height, width)
+        salt |= _diapir(rng, y, x, height=height, width=width)
     for _ in range(sheets):
-        salt |= _sheet(rng, y, x, height, width)
+        salt |= _sheet(rng, y, x, height=height, width=width)
     if rng.random() < 0.5:
         salt |= _mother_salt(rng, y, height, width)
     return salt
@@ -218,7 +218,7 @@ def render_section(
 ) -> Section:
     """Render one section of ``rows`` x ``cols`` tiles with the given numbers of bodies and faults."""
     height, width = rows * TILE, cols * TILE
-    salt = salt_geometry(rng, height, width, diapirs, sheets)
+    salt = salt_geometry(rng, height, width, diapirs=diapirs, sheets=sheets)
     sed = sediments(rng, horizon_time(rng, salt, faults))
     image = add_noise(rng, add_salt(rng, sed, salt), noise)
     return Section(image=tone_map(rng, image), salt=salt)

@@ -1,0 +1,160 @@
+"""The experiment config's schema: frozen dataclasses, one per section, with types, bounds and defaults.
+
+Defaults are the reference pipeline (the 11th-place TGS solution's recipe); ``configs/base.yaml`` spells
+them out. :func:`check_consistency` holds the rules that involve more than one field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from salt_exp.config.engine import num as _num
+from salt_exp.errors import SaltError
+
+FoldsScheme = Literal["random", "coverage", "depth", "mosaic"]
+Channels = Literal["raw", "depth", "coord"]
+PaddingMode = Literal["replicate", "reflect", "reflect_replicate", "zero", "biharmonic", "resize"]
+OptimName = Literal["sgd", "adam", "adamw"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def _prob(default: float) -> Any:
+    """A probability field: a number in [0, 1]."""
+    return _num(default, ge=0.0, le=1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    root: str = "data/synthetic"
+    folds_scheme: FoldsScheme = "random"
+    n_folds: int = _num(5, ge=2)
+    folds_seed: int = 42
+    channels: Channels = "raw"  # raw: 1 plane; depth/coord: tile, plane, tile*plane
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    encoder: str = "se_resnext50_32x4d"
+    weights: str = "none"
+    decoder_channels: tuple[int, ...] = _num((256, 128, 64, 32, 16), ge=1)
+    scse: bool = True
+    hypercolumn: bool = True
+    deep_supervision: bool = True
+    dropout: float = _num(0.0, ge=0.0, lt=1.0)
+
+
+@dataclass(frozen=True)
+class PaddingConfig:
+    mode: PaddingMode = "replicate"
+    size: int = _num(128, ge=32)  # >= 101 except for resize; a multiple of 32 (the encoders' deepest stride)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AugmentConfig:
+    """Probabilities (0 disables) and parameters of the training augmentations."""
+
+    hflip: float = _prob(0.5)
+    invert: float = _prob(0.5)
+    gamma: float = _prob(0.3)
+    gamma_limit: tuple[float, float] = _num((0.8, 1.25), gt=0.0)
+    cutout: float = _prob(0.3)
+    cutout_holes: int = _num(1, ge=1)
+    cutout_size: int = _num(20, ge=1, le=101)
+    crop: float = _prob(0.3)
+    crop_size: int = _num(88, ge=1, le=101)
+    brightness_contrast: float = _prob(0.0)
+    brightness_limit: float = _num(0.2, ge=0.0, le=1.0)
+    contrast_limit: float = _num(0.2, ge=0.0, le=1.0)
+    shift_scale_rotate: float = _prob(0.0)
+    shift_limit: float = _num(0.0625, ge=0.0, le=1.0)
+    scale_limit: float = _num(0.1, ge=0.0, lt=1.0)
+    rotate_limit: float = _num(10.0, ge=0.0, le=180.0)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """``seg_terms`` maps loss-term names (owned by ``salt_exp.losses``) to weights; treat as read-only."""
+
+    seg_terms: dict[str, float] = field(default_factory=lambda: {"bce": 1.0, "lovasz": 0.5}, metadata={"ge": 0.0})
+    cls_weight: float = _num(0.05, ge=0.0)
+    seg_weight: float = _num(0.1, ge=0.0)
+    fused_weight: float = _num(1.0, ge=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    name: OptimName = "sgd"
+    lr: float | Literal["auto"] = _num("auto", gt=0.0)  # "auto": take the LR range test's suggestion
+    momentum: float = _num(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = _num(1e-4, ge=0.0)
+    nesterov: bool = False
+    batch_size: int = _num(16, ge=1)
+    grad_clip: float | None = _num(None, gt=0.0)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Cosine cycles with warm restarts. ``min_lr`` is an absolute LR, not a ratio of the max LR."""
+
+    cycles: int = _num(10, ge=1)
+    cycle_epochs: int = _num(50, ge=1)
+    min_lr: float = _num(1e-4, ge=0.0)
+    warmup_epochs: int = _num(0, ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LRFindConfig:
+    enabled: bool = True
+    start_lr: float = _num(1e-5, gt=0.0)
+    end_lr: float = _num(1.0, gt=0.0)
+    steps: int = _num(100, ge=2)
+    smooth: float = _num(0.98, ge=0.0, lt=1.0)
+    diverge: float = _num(4.0, gt=1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    device: Device = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    workers: int = _num(2, ge=0)
+    val_batch_size: int = _num(32, ge=1)
+    max_train_batches: int | None = _num(None, ge=1)  # cap per epoch, for tests and smoke runs
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+    """One experiment. Config files may also hold ``extends:`` (read by :func:`salt_exp.config.load_config`)."""
+
+    extra_keys: ClassVar[tuple[str, ...]] = ("extends",)
+
+    name: str = "adhoc"
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    padding: PaddingConfig = field(default_factory=PaddingConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    lr_find: LRFindConfig = field(default_factory=LRFindConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def check_consistency(cfg: ExperimentConfig, where: str) -> None:
+    """Rules that involve more than one field."""
+    if cfg.optim.lr == "auto" and not cfg.lr_find.enabled:
+        raise SaltError(f"{where}: optim.lr is 'auto' but lr_find.enabled is false; set optim.lr to a number")
+    if cfg.padding.size % 32 or (cfg.padding.mode != "resize" and cfg.padding.size < 101):
+        raise SaltError(f"{where}: padding.size must be a multiple of 32 and >= 101 unless padding.mode is resize, "
+                        f"got {cfg.padding.size} with mode {cfg.padding.mode}")
+    if cfg.lr_find.start_lr >= cfg.lr_find.end_lr:
+        raise SaltError(f"{where}: lr_find.start_lr ({cfg.lr_find.start_lr}) must be < end_lr ({cfg.lr_find.end_lr})")
+    if cfg.schedule.warmup_epochs >= cfg.schedule.cycle_epochs:
+        raise SaltError(
+            f"{where}: schedule.warmup_epochs must be < schedule.cycle_epochs ({cfg.schedule.cycle_epochs})"
+        )
+    low, high = cfg.augment.gamma_limit
+    if low > high:
+        raise SaltError(f"{where}: augment.gamma_limit must be [low, high] with low <= high, got {[low, high]}")

@@ -1,0 +1,114 @@
+"""Study files are read with the config's YAML parser and checked by the config engine: same one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from salt_exp.ensemble.options import EnsembleOptions, ensemble_options
+from salt_exp.errors import SaltError
+from salt_exp.study.spec import load_study_spec
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+SPACE = "space:\n  optim.lr: {type: float, low: 1e-3, high: 1e-1, log: true}\n"
+
+
+def study(tmp_path: Path, text: str, space: str = SPACE) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(f"base: {TINY}\nset: {{lr_find.enabled: false, optim.lr: 0.01}}\n{space}{text}", encoding="utf-8")
+    return path
+
+
+def test_scientific_notation_in_set_space_and_enqueue_is_a_float(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        f"base: {TINY}\nset: {{lr_find.enabled: false, optim.lr: 1e-4, schedule.min_lr: 1e-5}}\n"
+        "space:\n  optim.momentum: {type: float, low: 1e-3, high: 5e-1}\n"
+        "enqueue: [{optim.momentum: 1e-2}]\n",
+        encoding="utf-8",
+    )
+    spec = load_study_spec(path)
+    p = spec.space[0]
+    assert (p.low, p.high) == (pytest.approx(1e-3), pytest.approx(0.5)) and isinstance(p.low, float)
+    assert spec.enqueue == ({"optim.momentum": pytest.approx(1e-2)},)
+    cfg = spec.base_config()
+    assert isinstance(cfg.optim.lr, float) and cfg.optim.lr == pytest.approx(1e-4)
+    assert cfg.schedule.min_lr == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize(
+    ("text", "space", "message"),
+    [
+        ("sampler: {type: tpe, sed: 1}\n", SPACE,
+         "unknown key 'sampler.sed'; valid keys in 'sampler': type, seed, n_startup_trials, multivariate"),
+        ("sampler: {type: random, n_startup_trials: 2}\n", SPACE,
+         "unknown key 'sampler.n_startup_trials'; valid keys in 'sampler': type, seed"),
+        ("pruner: {type: hyperband, min_resorce: 1}\n", SPACE,
+         "unknown key 'pruner.min_resorce'; valid keys in 'pruner': type, min_resource, max_resource, reduction_factor"),
+        ("pruner: {n_warmup_step: 1}\n", SPACE,  # no type: the default pruner's keys
+         "unknown key 'pruner.n_warmup_step'; valid keys in 'pruner': type, n_startup_trials, n_warmup_steps, "
+         "interval_steps"),
+        ("", "space:\n  optim.lr: {type: float, low: 0.1, hihg: 0.2}\n",
+         "unknown key 'space.optim.lr.hihg'; valid keys in 'space.optim.lr': type, low, high, log, step"),
+        ("", "space:\n  model.encoder: {type: categorical, choice: [a]}\n",
+         "unknown key 'space.model.encoder.choice'; valid keys in 'space.model.encoder': type, choices"),
+        ("ensemble: {top_cycle: 1}\n", SPACE,
+         "unknown key 'ensemble.top_cycle'; valid keys in 'ensemble': top_cycles, threshold, postprocess, report"),
+        ("n_trials: ten\n", SPACE, "'n_trials' expects int, got 'ten'"),
+        ("timeout: soon\n", SPACE, "'timeout' expects float or null, got 'soon'"),
+        ("pruner: {type: median, n_warmup_steps: -1}\n", SPACE, "'pruner.n_warmup_steps' must be >= 0, got -1"),
+        ("sampler: cmaes\n", SPACE, "'sampler.type' expects one of 'tpe', 'random', 'grid', got 'cmaes'"),
+        ("", "space:\n  optim.lr: {low: 0.1, high: 0.2}\n",
+         "'space.optim.lr.type' expects one of 'float', 'int', 'categorical', got None"),
+        ("", "space:\n  schedule.cycles: {type: int, low: 1.5, high: 3}\n",
+         "'space.schedule.cycles.low' expects int, got 1.5"),
+        ("enqueue: [{optim.lr: fast}]\n", SPACE, "'enqueue[0].optim.lr' expects float, got 'fast'"),
+        ("enqueue: [{optim.momentum: 0.5}]\n", SPACE,
+         "unknown key 'enqueue[0].optim.momentum'; valid keys in 'enqueue[0]': optim.lr"),
+        ("ensemble: {top_cycles: 0}\n", SPACE, "'ensemble.top_cycles' must be >= 1, got 0"),
+        ("ensemble: {threshold: best}\n", SPACE, "'ensemble.threshold' expects float or one of 'search', got 'best'"),
+        ("folds: [0, 0]\n", SPACE, "'folds' must be a non-empty list of distinct fold numbers, got [0, 0]"),
+        ("", "", "'space' is required"),
+    ],
+)
+def test_study_file_mistakes_read_like_config_mistakes(tmp_path, text, space, message):
+    path = study(tmp_path, text, space)
+    with pytest.raises(SaltError) as err:
+        load_study_spec(path)
+    assert str(err.value) == f"{path}: {message}"
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    with pytest.raises(SaltError, match=r"s\.yaml: invalid YAML at line \d"):
+        load_study_spec(study(tmp_path, "folds: [\n"))
+
+
+def test_sampler_and_pruner_keep_only_the_keys_the_file_sets(tmp_path):
+    spec = load_study_spec(study(tmp_path, ""))
+    assert (spec.sampler, spec.pruner, spec.ensemble) == ({"type": "tpe"}, {"type": "median"}, None)
+    spec = load_study_spec(study(tmp_path, "sampler: {seed: 3}\npruner: none\n"))
+    assert (spec.sampler, spec.pruner) == ({"type": "tpe", "seed": 3}, {"type": "none"})
+    spec = load_study_spec(study(tmp_path, "sampler: null\npruner: {type: hyperband, max_resource: auto}\n"))
+    assert (spec.sampler, spec.pruner) == ({"type": "tpe"}, {"type": "hyperband", "max_resource": "auto"})
+    spec = load_study_spec(study(tmp_path, "set: {}\nenqueue: []\n"))
+    assert spec.overrides == () and spec.enqueue == ()
+
+
+def test_ensemble_section_is_ensemble_options(tmp_path):
+    assert load_study_spec(study(tmp_path, "ensemble: false\n")).ensemble is None
+    assert load_study_spec(study(tmp_path, "ensemble: {}\n")).ensemble == EnsembleOptions()
+    spec = load_study_spec(study(tmp_path, "ensemble: {top_cycles: 1, threshold: 0.4, report: true}\n"))
+    assert spec.ensemble == EnsembleOptions(top_cycles=1, threshold=0.4, postprocess="auto", report=True)
+
+
+def test_ensemble_options_defaults_and_validation():
+    opts = EnsembleOptions()
+    assert (opts.top_cycles, opts.threshold, opts.postprocess, opts.report) == (2, "search", "auto", False)
+    assert ensemble_options({"threshold": 1}, "x") == EnsembleOptions(threshold=1.0)
+    with pytest.raises(SaltError, match=r"^cli: 'top_cycles' must be >= 1, got 0$"):
+        ensemble_options({"top_cycles": 0}, "cli")
+    with pytest.raises(SaltError, match=r"^f: 'ensemble.report' expects bool, got 'yes'$"):
+        ensemble_options({"report": "yes"}, "f", "ensemble.")
+    with pytest.raises(SaltError, match=r"^f: unknown key 'top_k'; valid keys at top level: top_cycles, threshold"):
+        ensemble_options({"top_k": 2}, "f")
