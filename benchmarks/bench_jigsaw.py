@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from salt_exp.data.kaggle import load_kaggle
-from salt_exp.data.synth import SynthConfig, generate_dataset
 from salt_exp.ensemble.jigsaw import pair_precision, solve_jigsaw
 from salt_exp.ensemble.mosaic import MosaicIndex
 from salt_exp.ensemble.postprocess import RULE_ORDER, measure_rules
+from salt_exp.synth import SynthConfig, generate_dataset
 
 
 def jigsaw_row(name: str, ids: list[str], images: np.ndarray, truth) -> str:
@@ -61,7 +61,7 @@ def main() -> None:
         print("| rule | score before | score after | gain | tiles changed |")
         print("|---|---|---|---|---|")
         masks = real.train.masks
-        for r in measure_rules(masks, masks, list(real.train.ids), real.train.images, index, RULE_ORDER):
+        for r in measure_rules(masks, masks, list(real.train.ids), real.train.images, index=index, rules=RULE_ORDER):
             print(f"| {r['rule']} | {r['score_before']:.4f} | {r['score_after']:.4f} | {r['gain']:+.4f} "
                   f"| {r['tiles_changed']} |")
 

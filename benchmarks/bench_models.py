@@ -56,6 +56,7 @@ def bce_all(result, y: torch.Tensor) -> torch.Tensor:
 def measure(
     encoder: str,
     variant: str,
+    *,
     device: str,
     amp: bool,
     channels_last: bool,

@@ -30,7 +30,7 @@ def main() -> None:
     model.to(rt.device)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.n, 101, 101), dtype=np.uint8)
-    loader = make_loader(TileDataset(images, None, np.zeros(args.n), "raw"), args.batch, False, 0, 0)
+    loader = make_loader(TileDataset(images, None, np.zeros(args.n), "raw"), args.batch, False, 0, seed=0)
     predict(model, adapter, [next(iter(loader))], rt, hflip_tta=True)  # warm-up
     for tta in (False, True):
         t0 = time.perf_counter()

@@ -60,16 +60,18 @@ def main() -> None:
     print("| tiles | " + " | ".join(str(int(c)) for c in types) + " |\n")
     print("| step | seconds |\n|---|---|")
     probs = timed("fake OOF probabilities (not part of the tool)", fake_probs, train.masks)
-    output = RunOutput("bench", None, "fold", str(root), Predictions(train.ids, probs > 0.5, probs, 0.5), None)
+    output = RunOutput(label="bench", run_id=None, role="fold", data_root=str(root),
+                       oof=Predictions(ids=train.ids, pred=probs > 0.5, probs=probs, threshold=0.5), test=None)
     index, source = timed("mosaic index", mosaic_index, data)
     images = dict(zip(train.ids.tolist(), train.images, strict=True))
     truth, pred = dict(zip(train.ids.tolist(), train.masks, strict=True)), output.masks()
     report = timed(f"write_report, {len(train)} tiles (analysis + 6 figures + HTML)", write_report, output, data,
-                   args.out, {}, 12, (index, lambda m: render_mosaic(index, m, images, truth, pred, "bench")))
+                   out_dir=args.out, context={}, n_worst=12,
+                   mosaic=(index, lambda m: render_mosaic(index, m, images=images, truth=truth, pred=pred, title="bench")))
     sizes = {m: sum(1 for (mid, _, _) in index.tile_at if mid == m) for m in index.mosaic_ids}
     big = max(sizes, key=sizes.get)
     fig = timed(f"render the largest mosaic ({sizes[big]} tiles, {index.shape(big)} grid)", render_mosaic, index, big,
-                images, truth, pred, "bench")
+                images=images, truth=truth, pred=pred, title="bench")
     frame = timed("  draw it to pixels", figure_rgb, fig)
     timed("GIF of 5 such frames", write_gif, [frame] * 5, args.out / "five.gif")
     print(f"\nscore {report.analysis.score:.4f}; mosaics from {source}; page {report.html.stat().st_size / 1e6:.1f} MB; "

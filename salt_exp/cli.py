@@ -43,7 +43,7 @@ def cmd_data_folds(args: argparse.Namespace) -> int:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from salt_exp.data.synth import SynthConfig, generate_dataset
+    from salt_exp.synth import SynthConfig, generate_dataset
 
     fields = {f.name for f in dataclasses.fields(SynthConfig)}
     cfg = SynthConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
@@ -81,53 +81,60 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if r.status == "FINISHED" else 1
 
 
-def cmd_ensemble(args: argparse.Namespace) -> int:
-    import tempfile
-    from pathlib import Path
+def _print_ensemble(outcome) -> None:
+    from salt_exp.contract import CHAMPION, ensemble_model
 
-    from salt_exp.ensemble.build import EnsembleSpec, build_ensemble
-    from salt_exp.ensemble.track import log_ensemble
-
-    models = tuple(m for m in (args.models or f"salt-{args.study}").split(",") if m)
-    threshold = args.threshold if args.threshold == "search" else float(args.threshold)
-    spec = EnsembleSpec(args.study, models, args.top_cycles, threshold, args.postprocess, args.data, args.out, args.device)
-    with tempfile.TemporaryDirectory(prefix="salt-exp-ens-") as tmp:
-        result, data = build_ensemble(spec, Path(tmp))
-        run_id, version, lb = log_ensemble(spec, result, Path(data.root))
+    spec, result, logged = outcome.spec, outcome.result, outcome.logged
     oof = result.oof
-    print(f"ensemble run {run_id}, registered salt-{args.study}-ensemble v{version} (alias champion)")
+    print(f"ensemble run {logged.run_id}, registered {ensemble_model(spec.study)} v{logged.version} (alias {CHAMPION})")
     print(f"members: {sum(len(v) for v in result.selection.values())} snapshots over folds {sorted(result.selection)}")
     print(f"OOF mAP {oof.score:.4f} (best single snapshot {oof.best_single:.4f}); thresholds "
           + ", ".join(f"fold {f.fold}: {f.threshold:.2f}" for f in oof.folds))
     for g in result.rule_gains:
         print(f"  post-processing {g['rule']:<28} OOF gain {g['gain']:+.4f} ({g['tiles_changed']} tiles changed)")
     print(f"rules applied: {', '.join(result.rules) or 'none'}; OOF after post-processing {result.oof_post:.4f}")
+    lb = logged.lb
     if result.submission:
         print(f"submission: {result.submission}" + "".join(f"; {k} LB {lb[k]:.4f}" for k in ("public", "private") if lb.get(k) is not None))
     else:
         print("no test/images in the dataset: no submission written")
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from salt_exp.ensemble.build import EnsembleSpec
+    from salt_exp.ensemble.options import ensemble_options
+    from salt_exp.pipeline import ensemble_study
+
+    threshold = args.threshold if args.threshold == "search" else _number(args.threshold, "--threshold")
+    options = ensemble_options({"top_cycles": args.top_cycles, "threshold": threshold, "postprocess": args.postprocess},
+                               "salt-exp ensemble")
+    models = [m for m in (args.models or "").split(",") if m]
+    spec = EnsembleSpec.for_study(args.study, models, options=options, data=args.data, out=args.out, device=args.device)
+    _print_ensemble(ensemble_study(spec))
     return 0
 
 
+def _number(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise SaltError(f"{flag}: expected 'search' or a number, got {text!r}") from None
+
+
 def cmd_study(args: argparse.Namespace) -> int:
-    from salt_exp.study.driver import StudyRequest, run_study
-    from salt_exp.study.report import format_report, study_report
-    from salt_exp.study.spec import load_study_spec
+    from salt_exp.pipeline import run_study_pipeline
+    from salt_exp.study.driver import StudyRequest
+    from salt_exp.study.report import format_report
 
-    spec = load_study_spec(args.file, args.set)
-    codes = run_study(StudyRequest(args.file, args.storage, tuple(args.set), args.n_trials, args.workers))
-    print(format_report(study_report(spec.name, args.storage)))
-    if spec.ensemble and not args.no_ensemble:
-        e = spec.ensemble
-        ens = argparse.Namespace(study=spec.name, models=None, top_cycles=e["top_cycles"], threshold=str(e["threshold"]),
-                                 postprocess=e["postprocess"], data=None, out=None, device="auto")
-        codes.append(cmd_ensemble(ens))
-        if e["report"]:
-            from salt_exp.viz.commands import study_visuals
-
-            for path in study_visuals(spec.name):
-                print(f"wrote {path} (also logged to the champion ensemble run)")
-    return 0 if all(c == 0 for c in codes) else 1
+    request = StudyRequest(spec_path=args.file, storage=args.storage, overrides=tuple(args.set),
+                           n_trials=args.n_trials, workers=args.workers)
+    outcome = run_study_pipeline(request, ensemble=not args.no_ensemble,
+                                 on_report=lambda report: print(format_report(report)))
+    if outcome.ensemble is not None:
+        _print_ensemble(outcome.ensemble)
+    for path in outcome.visuals:
+        print(f"wrote {path} (also logged to the champion ensemble run)")
+    return 0 if outcome.ok else 1
 
 
 def cmd_study_report(args: argparse.Namespace) -> int:
@@ -141,8 +148,8 @@ def cmd_study_report(args: argparse.Namespace) -> int:
 def cmd_viz_mosaic(args: argparse.Namespace) -> int:
     from salt_exp.viz.commands import mosaic_command
 
-    paths = mosaic_command(args.run, args.study, args.submission, args.data, args.mosaic_id, args.out, args.cycle,
-                           log=not args.no_log)
+    paths = mosaic_command(run=args.run, study=args.study, submission=args.submission, data=args.data,
+                           mosaic_ids=args.mosaic_id, out=args.out, cycle=args.cycle, log=not args.no_log)
     for p in paths:
         print(f"wrote {p}")
     return 0
@@ -151,7 +158,9 @@ def cmd_viz_mosaic(args: argparse.Namespace) -> int:
 def cmd_viz_evolution(args: argparse.Namespace) -> int:
     from salt_exp.viz.commands import evolution_command
 
-    for gif, steps in evolution_command(args.study, args.mosaic_id, args.out, args.run, args.data, log=not args.no_log):
+    results = evolution_command(args.study, mosaic_ids=args.mosaic_id, out=args.out, run=args.run, data=args.data,
+                                log=not args.no_log)
+    for gif, steps in results:
         print(f"wrote {gif}: {len(steps)} improving frames")
         for s in steps:
             print(f"  {s['step']}. {s['frame']:<40} mosaic score {s['mosaic_score']:.4f}")
@@ -161,7 +170,8 @@ def cmd_viz_evolution(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from salt_exp.viz.commands import report_command
 
-    report = report_command(args.run, args.study, args.out, args.cycle, args.data, args.worst, log=not args.no_log)
+    report = report_command(run=args.run, study=args.study, out=args.out, cycle=args.cycle, data=args.data,
+                            worst=args.worst, log=not args.no_log)
     a = report.analysis
     print(f"wrote {report.html} ({len(report.figures)} figures); {len(a.ids)} OOF tiles, score {a.score:.4f}")
     for r in a.types:
@@ -179,7 +189,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _add_synth_args(p: argparse.ArgumentParser) -> None:
-    from salt_exp.data.synth import SynthConfig
+    from salt_exp.synth import SynthConfig
 
     p.add_argument("--out", default="data/synthetic", help="output folder (Kaggle layout)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
@@ -206,6 +216,9 @@ def _add_source_args(p: argparse.ArgumentParser, submission: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from salt_exp.contract import ADHOC
+    from salt_exp.ensemble.options import EnsembleOptions
+
     parser = argparse.ArgumentParser(prog="salt-exp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -229,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment YAML (may use extends:)")
     p.add_argument("--fold", type=int, required=True)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
-    p.add_argument("--study", default="adhoc", help="experiment salt/<study> and registered model salt-<study>")
+    p.add_argument("--study", default=ADHOC, help="experiment salt/<study> and registered model salt-<study>")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run of this study/fold/config")
     p.set_defaults(func=cmd_train)
 
@@ -253,9 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ensemble", help="build, score and register an ensemble from the registry; write a submission")
     p.add_argument("--study", required=True)
     p.add_argument("--models", help="comma list of registered models (default salt-<study>)")
-    p.add_argument("--top-cycles", type=int, default=2, help="snapshots per fold and model, best val_map first")
-    p.add_argument("--threshold", default="search", help="'search' (per fold, on its OOF) or a number")
-    p.add_argument("--postprocess", default="auto", help="auto (rules with OOF gain > 0) | none | comma list")
+    defaults = EnsembleOptions()
+    p.add_argument("--top-cycles", type=int, default=defaults.top_cycles, help="snapshots per fold and model, best val_map first")
+    p.add_argument("--threshold", default=str(defaults.threshold), help="'search' (per fold, on its OOF) or a number")
+    p.add_argument("--postprocess", default=defaults.postprocess, help="auto (rules with OOF gain > 0) | none | comma list")
     p.add_argument("--data", help="dataset folder (default: the members' data root)")
     p.add_argument("--out", help="submission path (default submissions/<study>.csv)")
     p.add_argument("--device", default="auto")

@@ -15,6 +15,11 @@ import numpy as np
 HIGHER_IS_BETTER = True
 _KS = np.arange(10, 20, dtype=np.int64)  # thresholds t = k / 20 for k = 10..19
 
+# Probability thresholds searched for a binary mask (validation, ensembles): 0.20, 0.21 ... 0.80.
+THRESHOLD_GRID = np.round(np.arange(0.20, 0.801, 0.01), 2)
+# The wider grid threshold curves are drawn over (error analysis): 0.05 ... 0.95.
+CURVE_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
+
 # Coverage bins separate empty from almost empty: empty | (0,1%] | (1,10%] | (10,30%] | (30,60%] | (60,100%].
 BIN_NAMES: tuple[str, ...] = ("empty", "0-1", "1-10", "10-30", "30-60", "60-100")
 _BIN_UPPER_PERCENT = np.array([1, 10, 30, 60], dtype=np.int64)

@@ -1,4 +1,4 @@
-"""Figures a fold run logs (matplotlib, Agg backend: no display needed)."""
+"""Bar charts shared by fold runs (coverage bins) and the error analysis (any grouping); matplotlib, Agg backend."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ def _match_ids(sub: pd.DataFrame, sol: pd.DataFrame, sub_path: Path, sol_path: P
     return sub.set_index("id").loc[sol["id"]].reset_index()
 
 
-def score_frames(sub: pd.DataFrame, sol: pd.DataFrame, sub_path: Path, sol_path: Path,
+def score_frames(sub: pd.DataFrame, sol: pd.DataFrame, sub_path: Path, sol_path: Path, *,
                  shape: tuple[int, int] = (101, 101)) -> dict:
     """Score aligned submission/solution tables; see ``score_files`` for the result."""
     sub = _match_ids(sub, sol, sub_path, sol_path)

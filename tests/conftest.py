@@ -40,7 +40,7 @@ def make_tiles(n: int, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray
     return ids, images, masks
 
 
-def write_kaggle(root: Path, n: int = 12, n_test: int = 4, seed: int = 0, mosaics: bool = True) -> Path:
+def write_kaggle(root: Path, n: int = 12, n_test: int = 4, seed: int = 0, *, mosaics: bool = True) -> Path:
     """Write a small dataset in the exact Kaggle layout and formats; returns root."""
     ids, images, masks = make_tiles(n + n_test, seed)
     train_ids, test_ids = ids[:n], ids[n:]
@@ -83,7 +83,7 @@ TINY_SYNTH = {"sections": 3, "tile_rows": 4, "tile_cols": 6, "seed": 7}
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic dataset (Kaggle layout), built once per test session."""
-    from salt_exp.data.synth import SynthConfig, generate_dataset
+    from salt_exp.synth import SynthConfig, generate_dataset
 
     out = tmp_path_factory.mktemp("synth") / "synthetic"
     generate_dataset(out, SynthConfig(**TINY_SYNTH))

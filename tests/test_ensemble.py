@@ -22,7 +22,8 @@ FAST = [*TINY, "padding.mode=resize", "padding.size=64", "schedule.cycles=2", "s
 
 
 def _member(version: str, fold: int, val_map: float) -> Member:
-    return Member("m", version, "r", fold, int(version), val_map, 0.5, "w", "o", "enc", "none")
+    return Member(model="m", version=version, run_id="r", fold=fold, cycle=int(version), val_map=val_map,
+                  val_best_thr=0.5, weights="w", oof="o", encoder="enc", trial="none")
 
 
 def test_select_top_ranks_by_val_map_then_earlier_version():

@@ -10,8 +10,8 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from salt_exp.data.kaggle import load_kaggle
-from salt_exp.data.synth import SynthConfig, generate_dataset
 from salt_exp.ensemble.jigsaw import neighbour_pairs, pair_precision, solve_jigsaw
+from salt_exp.synth import SynthConfig, generate_dataset
 
 from .conftest import REAL_TGS
 

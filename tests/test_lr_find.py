@@ -142,7 +142,8 @@ def test_flat_curve_does_not_suggest_its_far_left_noise():
 def test_plot_writes_an_image(tmp_path):
     lrs = list(np.logspace(-5, 0, 50))
     losses = list(1.0 - np.tanh(np.log10(lrs) + 2.0))
-    result = LRFindResult(lrs, losses, losses, suggest_lr(lrs, losses), True, "diverged")
+    result = LRFindResult(lrs=lrs, losses=losses, raw_losses=losses, suggestion=suggest_lr(lrs, losses), stopped_early=True,
+                          reason="diverged")
     path = plot_lr_find(result, tmp_path / "plots" / "lr_find.png")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

@@ -42,9 +42,9 @@ def setup(layout: list[list[str]], masks: dict[str, np.ndarray], loose: tuple[st
     return index, ids, np.stack([masks[t] for t in ids])
 
 
-def run(rule: str, layout, masks, loose=(), images=None) -> dict[str, np.ndarray]:
+def run(rule: str, layout, masks, loose=(), *, images=None) -> dict[str, np.ndarray]:
     index, ids, pred = setup(layout, masks, loose)
-    out = apply_rules(pred, ids, images, index, [rule])
+    out = apply_rules(pred, ids, images, index, rules=[rule])
     return dict(zip(ids, out, strict=True))
 
 
@@ -100,10 +100,10 @@ def test_blank_empties_constant_tiles_without_needing_neighbours() -> None:
     index, ids, pred = setup([["a", "b"]], {"a": cols(0, 9), "b": cols(0, 9), "loose": cols(0, 9)}, ("loose",))
     images = np.random.default_rng(0).integers(0, 255, (3, N, N), dtype=np.uint8)
     images[2] = 40
-    out = apply_rules(pred, ids, images, index, ["blank"])
+    out = apply_rules(pred, ids, images, index, rules=["blank"])
     np.testing.assert_array_equal(out, np.stack([cols(0, 9), cols(0, 9), EMPTY]))
     with pytest.raises(SaltError, match="images"):
-        apply_rules(pred, ids, None, index, ["blank"])
+        apply_rules(pred, ids, None, index, rules=["blank"])
 
 
 def test_registry_and_order_and_dict_input() -> None:
@@ -111,11 +111,11 @@ def test_registry_and_order_and_dict_input() -> None:
         get_rule("nope")
     # b is a vertical source for c, but a is a cap: cap runs last whatever the order of the names.
     index, ids, pred = setup([["a"], ["b"], ["c"]], {"a": rows(50, N), "b": cols(0, 40), "c": EMPTY})
-    one = apply_rules(pred, ids, None, index, ["cap", "vertical"])
-    two = apply_rules(pred, ids, None, index, ["vertical", "cap"])
+    one = apply_rules(pred, ids, None, index, rules=["cap", "vertical"])
+    two = apply_rules(pred, ids, None, index, rules=["vertical", "cap"])
     np.testing.assert_array_equal(one, two)
     np.testing.assert_array_equal(one, np.stack([rows(50, N), EMPTY, EMPTY]))
-    as_dict = apply_rules({t: m for t, m in zip(ids, pred, strict=True)} | {"x": cols(0, 1)}, ids, None, index, ["cap"])
+    as_dict = apply_rules({t: m for t, m in zip(ids, pred, strict=True)} | {"x": cols(0, 1)}, ids, None, index, rules=["cap"])
     assert set(as_dict) == {"a", "b", "c", "x"} and not as_dict["b"].any() and as_dict["x"].any()
 
 
@@ -127,11 +127,11 @@ def test_measure_rules_gains_match_direct_scores() -> None:
     truth = np.stack([truth_masks[t] for t in ids])
     images = np.ones((len(ids), N, N), np.uint8)
     images[:, 0, 0] = 0
-    report = measure_rules(pred, truth, ids, images, index, RULE_ORDER)
+    report = measure_rules(pred, truth, ids, images, index=index, rules=RULE_ORDER)
     assert [r["rule"] for r in report] == [*RULE_ORDER, "+".join(RULE_ORDER)]
     before = image_scores(pred, truth).mean()
     for r in report:
-        after = apply_rules(pred, ids, images, index, r["rule"].split("+"))
+        after = apply_rules(pred, ids, images, index, rules=r["rule"].split("+"))
         assert r["score_before"] == pytest.approx(before)
         assert r["gain"] == pytest.approx(image_scores(after, truth).mean() - before)
         assert r["tiles_changed"] == int((after != pred).any(axis=(1, 2)).sum())

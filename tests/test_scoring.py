@@ -77,7 +77,7 @@ def test_score_text_output(tmp_path, capsys):
     assert out.startswith("score") and "public" in out and "private" in out and "err share" in out
 
 
-def _error(tmp_path, capsys, mutate, *fragments):
+def _error(tmp_path, capsys, mutate, *, fragments):
     sub, _ = make_pair(tmp_path)
     mutate(sub).to_csv(tmp_path / "submission.csv", index=False)
     assert main(["score", str(tmp_path / "submission.csv"), str(tmp_path / "solution.csv")]) == 2
@@ -88,15 +88,16 @@ def _error(tmp_path, capsys, mutate, *fragments):
 
 
 def test_missing_id(tmp_path, capsys):
-    _error(tmp_path, capsys, lambda s: s.iloc[1:], "submission.csv", "missing id")
+    _error(tmp_path, capsys, lambda s: s.iloc[1:], fragments=("submission.csv", "missing id"))
 
 
 def test_extra_id(tmp_path, capsys):
-    _error(tmp_path, capsys, lambda s: pd.concat([s, pd.DataFrame({"id": ["zzz"], "rle_mask": [""]})]), "unexpected id zzz")
+    _error(tmp_path, capsys, lambda s: pd.concat([s, pd.DataFrame({"id": ["zzz"], "rle_mask": [""]})]),
+           fragments=("unexpected id zzz",))
 
 
 def test_duplicate_id(tmp_path, capsys):
-    _error(tmp_path, capsys, lambda s: pd.concat([s, s.iloc[[0]]]), "duplicate id")
+    _error(tmp_path, capsys, lambda s: pd.concat([s, s.iloc[[0]]]), fragments=("duplicate id",))
 
 
 def test_malformed_rle(tmp_path, capsys):
@@ -104,8 +105,8 @@ def test_malformed_rle(tmp_path, capsys):
         s = s.copy()
         s.loc[s.index[0], "rle_mask"] = "3 x"
         return s
-    _error(tmp_path, capsys, bad, "submission.csv", "malformed RLE")
+    _error(tmp_path, capsys, bad, fragments=("submission.csv", "malformed RLE"))
 
 
 def test_bad_header(tmp_path, capsys):
-    _error(tmp_path, capsys, lambda s: s.rename(columns={"rle_mask": "EncodedPixels"}), "malformed CSV header")
+    _error(tmp_path, capsys, lambda s: s.rename(columns={"rle_mask": "EncodedPixels"}), fragments=("malformed CSV header",))

@@ -58,7 +58,7 @@ def check_one_parent_per_trial(c: MlflowClient, study: str, n_folds: int) -> dic
     for number, parent in by_trial.items():
         children = [f for f in folds if f.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         assert all(f.data.tags["salt.trial"] == str(number) for f in children)
-        if parent.data.tags["salt.state"] == "COMPLETE":
+        if parent.data.tags["salt.status"] == "COMPLETE":
             assert sorted(int(f.data.tags["salt.fold"]) for f in children) == list(range(n_folds))
             maps = [parent.data.metrics[f"fold{k}_map"] for k in range(n_folds)]
             assert parent.data.metrics["cv_map"] == pytest.approx(sum(maps) / n_folds)
@@ -74,7 +74,7 @@ def test_study_runs_trials_as_parent_runs_and_records_a_failing_trial(synth_dir,
                {"optim.lr": 0.02, "model.encoder": "timm/resnet10t"}]
     path = write_study(tmp_path, "e2e", synth_dir, space=space, enqueue=enqueue, n_trials=3, folds=[0, 1],
                        ensemble={"top_cycles": 1, "report": True})
-    assert run_study(StudyRequest(str(path))) == [0]
+    assert run_study(StudyRequest(spec_path=str(path))) == [0]
     trials = trials_of("e2e")
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
     assert "no_such_net" in trials[1].user_attrs["salt.failure"]
@@ -86,7 +86,7 @@ def test_study_runs_trials_as_parent_runs_and_records_a_failing_trial(synth_dir,
         assert parents[t.number].data.params["optim.lr"] == str(t.params["optim.lr"])
         assert parents[t.number].data.tags["salt.study"] == "e2e" and float(parents[t.number].data.tags["salt.duration_s"]) > 0
     failed = parents[1]
-    assert failed.info.status == "FAILED" and failed.data.tags["salt.state"] == "FAIL"
+    assert failed.info.status == "FAILED" and failed.data.tags["salt.status"] == "FAIL"
     assert "no_such_net" in failed.data.tags["salt.failure"]
     report = study_report("e2e", None)
     assert report["best"]["number"] in (0, 2) and report["trials"][1]["state"] == "FAIL"
@@ -103,7 +103,7 @@ def test_study_runs_trials_as_parent_runs_and_records_a_failing_trial(synth_dir,
 
 
 BAD_FILES = [
-    ({"sapce": SPACE}, "'sapce' is not a valid key"),
+    ({"sapce": SPACE}, "unknown key 'sapce'; valid keys at top level: base, set, space"),
     ({"space": {"optim.lrr": {"type": "float", "low": 0.1, "high": 0.2}}}, "space.optim.lrr"),
     ({"space": {"optim.lr": {"type": "uniform", "low": 0.1, "high": 0.2}}}, "space.optim.lr.type"),
     ({"space": {"optim.lr": {"type": "float", "low": 0.1}}}, "space.optim.lr.high"),
@@ -202,7 +202,7 @@ def postgres():
         import psycopg2  # noqa: F401
     except ImportError:
         pytest.skip("psycopg2-binary is not installed")
-    from salt_exp.tracking import free_port
+    from salt_exp.study.server import free_port
 
     root = Path(tempfile.mkdtemp(prefix="salt-pg-"))
     as_user: list[str] = []

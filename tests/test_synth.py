@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from salt_exp.data.rle import rle_decode
-from salt_exp.data.synth import SynthConfig, generate_dataset
-from salt_exp.data.synth_labels import TILE, annotate
 from salt_exp.errors import SaltError
+from salt_exp.synth import SynthConfig, generate_dataset
+from salt_exp.synth.labels import TILE, annotate
 
 SMALL = SynthConfig(seed=3, sections=2, tile_rows=3, tile_cols=3, empty_keep=1.0, blank_fraction=0.06)
 
@@ -157,7 +157,7 @@ def test_overwrite_replaces_the_directory(tmp_path: Path) -> None:
 
 
 def test_failure_leaves_nothing_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import salt_exp.data.synth_write as synth_write
+    import salt_exp.synth.write as synth_write
 
     def broken(root: Path, tiles: list) -> None:
         raise OSError("disk full")

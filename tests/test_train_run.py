@@ -124,3 +124,49 @@ def test_sigkill_mid_epoch_then_resume(synth_dir, mlflow_store, tmp_path):
     runs = c.search_runs([c.get_experiment_by_name("salt/kill").experiment_id])
     assert len(runs) == 1, "resume must continue the same run"
     check_contract(c, runs[0].info.run_id, "kill")
+
+
+class Crash(Exception):
+    """Stands for the process dying at one exact point of a contract write."""
+
+
+def test_crash_between_bins_table_and_snapshot_upload_then_resume(synth_dir, mlflow_store, monkeypatch):
+    """Every write the contract owns is replay-safe: the snapshot's coverage-bin table is written, then the
+    run dies before its weights upload; the resumed run leaves one copy of every row, step and version."""
+    from salt_exp.tracking import RunTracker
+
+    real = RunTracker.log_artifact
+    crashed = []
+
+    def log_artifact(self, path, artifact_path=None):
+        if not crashed and str(path).endswith(".pt") and (artifact_path or "").startswith("snapshots/"):
+            crashed.append(artifact_path)
+            raise Crash(f"killed before uploading {path}")
+        return real(self, path, artifact_path)
+
+    monkeypatch.setattr(RunTracker, "log_artifact", log_artifact)
+    cfg = tiny_cfg(synth_dir, *FAST)
+    with pytest.raises(Crash):
+        run_fold(cfg, 0, study="crash")
+    c = MlflowClient(mlflow_store)
+    (run,) = c.search_runs([c.get_experiment_by_name("salt/crash").experiment_id])
+    assert run.info.status == "KILLED" and crashed == ["snapshots/cycle_0"]
+    assert any(a.path.endswith("coverage_bins.json") for a in c.list_artifacts(run.info.run_id, "snapshots/cycle_0"))
+    info = run_fold(cfg, 0, study="crash", resume=True)
+    assert info.run_id == run.info.run_id and info.result.status == "FINISHED"
+    check_contract(c, info.run_id, "crash")
+    import json
+
+    import mlflow
+
+    def table(path: str) -> dict:
+        local = mlflow.artifacts.download_artifacts(run_id=info.run_id, artifact_path=path, tracking_uri=mlflow_store)
+        return json.loads(Path(local).read_text())
+
+    snap = table("snapshots/cycle_0/coverage_bins.json")
+    assert [row[0] for row in snap["data"]] == list(BIN_NAMES), "a replay must not append rows"
+    root = table("coverage_bins.json")
+    assert [(row[0], row[2]) for row in root["data"]] == [(cy, b) for cy in (0, 1) for b in BIN_NAMES]
+    logged = json.loads(c.get_run(info.run_id).data.tags["mlflow.loggedArtifacts"])
+    assert sorted(e["path"] for e in logged) == ["coverage_bins.json", "snapshots/cycle_0/coverage_bins.json",
+                                                 "snapshots/cycle_1/coverage_bins.json"]

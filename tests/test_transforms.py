@@ -135,7 +135,7 @@ def test_dataset_without_masks_and_bad_inputs():
 def test_loader_is_reproducible_and_workers_get_distinct_augmentations():
     images = np.stack([blocks(0)[0]] * 8)
     masks = np.stack([blocks(0)[1]] * 8)
-    dataset = TileDataset(images, masks, None, "raw", build_train_transform(AugmentConfig(), seed=0))
+    dataset = TileDataset(images, masks, None, "raw", transform=build_train_transform(AugmentConfig(), seed=0))
 
     def epoch(workers: int) -> list[torch.Tensor]:
         loader = make_loader(Subset(dataset, range(8)), batch_size=2, shuffle=True, workers=workers, seed=9)

@@ -17,7 +17,7 @@ from salt_exp.cli import main
 from salt_exp.ensemble.mosaic import MosaicIndex
 from salt_exp.errors import SaltError
 from salt_exp.metrics import image_scores
-from salt_exp.train.plots import breakdown_figure
+from salt_exp.plots import breakdown_figure
 from salt_exp.viz.analysis import MASK_TYPES, analyse, depth_bands, mask_types
 from salt_exp.viz.evolution import Frame, improving_steps, write_gif
 from salt_exp.viz.figures import gallery_figure, threshold_figure
@@ -73,7 +73,8 @@ def test_analysis_scores_groups_and_worst_tiles():
     images, truth, _ = _typed_tiles()
     probs = np.clip(truth + rng.normal(0, 0.4, truth.shape), 0, 1).astype(np.float16)
     pred = probs > 0.5
-    a = analyse(np.array([f"t{i}" for i in range(6)]), pred, truth, images, np.arange(6) * 100.0, probs, 0.5)
+    a = analyse(np.array([f"t{i}" for i in range(6)]), pred, truth, images=images, depths=np.arange(6) * 100.0,
+                probs=probs, used_threshold=0.5)
     assert a.scores.tolist() == image_scores(pred, truth).tolist()
     for rows in (a.coverage, a.depth, a.types):
         assert sum(r["count"] for r in rows) == 6
@@ -84,7 +85,8 @@ def test_analysis_scores_groups_and_worst_tiles():
     assert a.empty_fp == int(sum(1 for i in range(6) if not truth[i].any() and pred[i].any()))
     assert a.fold_curves == []  # no folds given: one curve
     fold, thr = np.array([0, 0, 0, 1, 1, 1]), np.array([0.3] * 3 + [0.6] * 3, np.float32)
-    per_fold = analyse(a.ids, pred, truth, images, np.arange(6) * 100.0, probs, 0.45, fold=fold, tile_threshold=thr)
+    per_fold = analyse(a.ids, pred, truth, images=images, depths=np.arange(6) * 100.0, probs=probs, used_threshold=0.45,
+                       fold=fold, tile_threshold=thr)
     assert [(f, round(t, 2)) for f, t, _ in per_fold.fold_curves] == [(0, 0.3), (1, 0.6)]
     k = list(a.thresholds).index(0.6)
     assert per_fold.fold_curves[1][2][k] == pytest.approx(image_scores(probs[3:] > 0.6, truth[3:]).mean())
@@ -112,7 +114,7 @@ def test_mosaic_render_has_title_labels_legend_and_the_tile_scores():
     truth[ids[0]][:, :50] = 1
     pred = {t: m.copy() for t, m in truth.items()}
     pred[ids[1]][:5, :5] = 1  # a false positive on an empty tile: score 0
-    fig = render_mosaic(index, 3, images, truth, pred, "unit test", test_ids={ids[4]})
+    fig = render_mosaic(index, 3, images=images, truth=truth, pred=pred, title="unit test", test_ids={ids[4]})
     ax = fig.axes[0]
     assert "unit test" in ax.get_title() and "mosaic 3" in ax.get_title()
     assert ax.get_xlabel() and ax.get_ylabel()
@@ -127,7 +129,7 @@ def test_mosaic_render_has_title_labels_legend_and_the_tile_scores():
     rgb = figure_rgb(fig)
     assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.std() > 10
     with pytest.raises(SaltError, match="unknown mosaic_id 9"):
-        render_mosaic(index, 9, images, truth, pred, "x")
+        render_mosaic(index, 9, images=images, truth=truth, pred=pred, title="x")
 
 
 def test_pick_mosaic_prefers_the_most_scored_tiles():
@@ -178,9 +180,11 @@ def test_gif_holds_every_frame_in_order(tmp_path):
 def test_report_figures_are_readable():
     images, truth, _ = _typed_tiles()
     probs = np.clip(truth * 0.8 + 0.1, 0, 1).astype(np.float16)
-    a = analyse(np.array([f"t{i}" for i in range(6)]), probs > 0.5, truth, images, np.arange(6) * 50.0, probs, 0.5)
+    a = analyse(np.array([f"t{i}" for i in range(6)]), probs > 0.5, truth, images=images, depths=np.arange(6) * 50.0,
+                probs=probs, used_threshold=0.5)
     figs = [breakdown_figure(a.types, "type", "by type", "mask type"), threshold_figure(a, "curve"),
-            gallery_figure(a, a.worst(4), images, truth, probs > 0.5, np.arange(6) * 50.0, "worst", per_row=2)]
+            gallery_figure(a, a.worst(4), images=images, truth=truth, pred=probs > 0.5, depths=np.arange(6) * 50.0,
+                           title="worst", per_row=2)]
     for fig in figs:
         assert (fig._suptitle is not None and fig._suptitle.get_text()) or any(ax.get_title() for ax in fig.axes)
         shown = [ax for ax in fig.axes if ax.axison]
@@ -195,8 +199,9 @@ def _png(path: Path, value: int) -> Path:
 
 
 def test_html_page_is_self_contained_and_loads_in_chromium(tmp_path):
-    sections = [Section("summary", "Summary <&>", "text with <script>alert(1)</script>", [{"what": "x", "value": 0.5}]),
-                Section("figs", "Figures", figures=[(_png(tmp_path / "a.png", 10), "first"), (_png(tmp_path / "b.png", 200), "second")])]
+    sections = [Section(id="summary", heading="Summary <&>", text="text with <script>alert(1)</script>",
+                        table=[{"what": "x", "value": 0.5}]),
+                Section(id="figs", heading="Figures", figures=[(_png(tmp_path / "a.png", 10), "first"), (_png(tmp_path / "b.png", 200), "second")])]
     page = tmp_path / "page.html"
     page.write_text(render_page("Title", "sub", sections), encoding="utf-8")
     (tmp_path / "a.png").unlink()  # embedded: the page must not need the files any more
@@ -240,7 +245,8 @@ def test_mosaic_of_a_submission_scores_its_test_tiles(synth_dir, tmp_path, capsy
 
     scene, output = load_scene(synth_dir), submission_output(sub)
     m = int(pngs[0].stem.split("_")[1])
-    fig = render_mosaic(scene.index, m, scene.images, scene.truth, output.masks(), "solution", scene.test_ids)
+    fig = render_mosaic(scene.index, m, images=scene.images, truth=scene.truth, pred=output.masks(), title="solution",
+                        test_ids=scene.test_ids)
     placed_test = [t for (mid, _, _), t in scene.index.tile_at.items() if mid == m and t in scene.test_ids]
     assert placed_test and _texts(fig) == ["1.00"] * len(placed_test)
 
@@ -259,6 +265,7 @@ def test_real_masks_types_and_a_real_mosaic_drawn_with_the_truth_as_prediction()
     index = MosaicIndex.from_frame(data.mosaics)
     masks = dict(zip(train.ids.tolist(), train.masks, strict=True))
     m = pick_mosaic(index, masks, masks)
-    fig = render_mosaic(index, m, dict(zip(train.ids.tolist(), train.images, strict=True)), masks, masks, "truth")
+    fig = render_mosaic(index, m, images=dict(zip(train.ids.tolist(), train.images, strict=True)), truth=masks, pred=masks,
+                        title="truth")
     drawn = [t for (mid, _, _), t in index.tile_at.items() if mid == m and t in masks]
     assert len(drawn) > 10 and _texts(fig) == ["1.00"] * len(drawn)

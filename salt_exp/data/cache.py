@@ -3,7 +3,7 @@
 The cache key is a hash of the absolute root path and of the name, size and
 modification time of every file of the layout, so any change to the files
 (added, removed, rewritten) invalidates it. The cache folder is
-``$SALT_EXP_CACHE`` or ``~/.cache/salt-exp``.
+``salt_exp.stores.dataset_cache()`` (``$SALT_EXP_CACHE`` or ``~/.cache/salt-exp``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pandas as pd
 
 from salt_exp.data.kaggle import KaggleData, TileSet
 from salt_exp.io import atomic_path
+from salt_exp.stores import dataset_cache
 
 _FILES = ("train.csv", "depths.csv", "mosaics.csv", "sample_submission.csv")
 _DIRS = ("train/images", "train/masks", "test/images")
@@ -24,7 +25,7 @@ _VERSION = "1"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SALT_EXP_CACHE") or Path.home() / ".cache" / "salt-exp")
+    return dataset_cache()
 
 
 def fingerprint(root: str | Path) -> str:

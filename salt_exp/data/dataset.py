@@ -56,6 +56,7 @@ class TileDataset(Dataset):
         masks: np.ndarray | None,
         depths: np.ndarray | None,
         channels: str = "raw",
+        *,
         transform: PairFn | None = None,
     ) -> None:
         num_channels(channels)
@@ -117,9 +118,9 @@ def make_loader(
     batch_size: int,
     shuffle: bool,
     workers: int,
+    *,
     seed: int,
     drop_last: bool = False,
-    *,
     pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader whose order and worker seeds come from ``torch.Generator().manual_seed(seed)``.

@@ -9,7 +9,6 @@ Sharing the folds is what lets ensembles of different pipelines be cross-validat
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from salt_exp.data.tables import read_table
 from salt_exp.errors import SaltError
 from salt_exp.io import atomic_open
 from salt_exp.metrics import coverage_bins
+from salt_exp.stores import folds_root
 
 SCHEMES = ("random", "coverage", "depth", "mosaic")
 
@@ -62,11 +62,6 @@ def _mosaic_groups(data: KaggleData) -> np.ndarray:
         raise SaltError(f"{data.root / 'mosaics.csv'}: file not found (folds scheme 'mosaic' needs it)")
     own.update({tid: f"mosaic:{m}" for tid, m in zip(data.mosaics["id"], data.mosaics["mosaic_id"], strict=True)})
     return np.array([own[tid] for tid in ids])
-
-
-def folds_root() -> Path:
-    """Where fold files live: ``$SALT_EXP_FOLDS`` or ``mlruns/folds`` (beside the tracking store)."""
-    return Path(os.environ.get("SALT_EXP_FOLDS") or "mlruns/folds")
 
 
 def folds_path(data: KaggleData, scheme: str, k: int, seed: int) -> Path:

@@ -102,7 +102,7 @@ def _depths_for(ids: list[str], depths: dict[str, float], problems: list[str], w
     return np.array([depths.get(i, np.nan) for i in ids], dtype=np.float32)
 
 
-def _check_rle(ids: list[str], rles: list[str], masks: np.ndarray, problems: list[str], where: Path) -> None:
+def _check_rle(ids: list[str], rles: list[str], masks: np.ndarray, problems: list[str], *, where: Path) -> None:
     for i, (tid, rle) in enumerate(zip(ids, rles, strict=True)):
         if " ".join(rle.split()) != rle_encode(masks[i]):
             problems.append(f"{where}: rle_mask of id {tid} does not match train/masks/{tid}.png")
@@ -126,7 +126,7 @@ def _read_train(root: Path, depths: dict[str, float], problems: list[str]) -> Ti
     images = _read_many([root / "train/images" / f"{i}.png" for i in ids], read_image, problems)
     masks = _read_many([root / "train/masks" / f"{i}.png" for i in ids], read_mask, problems)
     if len(problems) == n_before:  # RLE only makes sense against masks that all read
-        _check_rle(ids, df["rle_mask"].tolist(), masks, problems, root / "train.csv")
+        _check_rle(ids, df["rle_mask"].tolist(), masks, problems, where=root / "train.csv")
     tile_depths = _depths_for(ids, depths, problems, root / "depths.csv")
     return TileSet(np.array(ids, dtype=str), images, tile_depths, masks)
 

@@ -1,6 +1,6 @@
 """Training augmentations (albumentations 2), applied jointly to a 101x101 tile and its mask.
 
-The reference pipeline (GUIDE section 2): random invert, random gamma, cutout, random fixed-size crop
+The reference pipeline's augmentations (an 11th-place TGS solution): random invert, random gamma, cutout, random fixed-size crop
 resized back to the tile size, horizontal flip. There is deliberately no vertical flip: depth has a
 direction (salt caps lie above empty tiles). Brightness/contrast and shift-scale-rotate are extra
 options, off by default. Validation and test use the identity.

@@ -8,37 +8,57 @@ tags pin its member versions.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from salt_exp import contract as C
 from salt_exp.data.kaggle import KaggleData, load_kaggle
 from salt_exp.data.rle import rle_encode
 from salt_exp.ensemble.mosaic import MosaicIndex
 from salt_exp.ensemble.oof import OOFResult, evaluate_oof
+from salt_exp.ensemble.options import EnsembleOptions
 from salt_exp.ensemble.postprocess import RULE_ORDER, apply_rules, measure_rules
 from salt_exp.ensemble.predict import predict_test
 from salt_exp.ensemble.select import Member, select_members
 from salt_exp.errors import SaltError
 from salt_exp.io import atomic_open
-from salt_exp.tracking import run_tags
+from salt_exp.metrics import image_scores
+from salt_exp.stores import submission_path
+from salt_exp.tracking import run_summary
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EnsembleSpec:
     study: str
-    models: tuple[str, ...]
-    top_k: int = 2
-    threshold: str | float = "search"
-    postprocess: str = "auto"  # auto (rules with a positive OOF gain) | none | comma list of rules
+    models: tuple[str, ...]  # registered snapshot models (pipelines) to draw members from
+    options: EnsembleOptions = field(default_factory=EnsembleOptions)
     data: str | None = None  # default: the data root the members were trained on
     out: str | None = None  # default: submissions/<study>.csv
     device: str = "auto"
 
+    @classmethod
+    def for_study(cls, study: str, models: Sequence[str] = (), **kwargs: Any) -> EnsembleSpec:
+        """The spec of ``study`` over ``models`` (default: the study's own snapshot model)."""
+        return cls(study=study, models=tuple(models) or (C.snapshot_model(study),), **kwargs)
 
-@dataclass(frozen=True)
+    @property
+    def top_k(self) -> int:
+        return self.options.top_cycles
+
+    @property
+    def threshold(self) -> str | float:
+        return self.options.threshold
+
+    @property
+    def postprocess(self) -> str:
+        return self.options.postprocess
+
+
+@dataclass(frozen=True, kw_only=True)
 class EnsembleResult:
     selection: dict[int, list[Member]]
     oof: OOFResult
@@ -75,7 +95,7 @@ def choose_rules(spec: str, gains: list[dict]) -> list[str]:
 
 
 def _data_for(spec: EnsembleSpec, selection: dict[int, list[Member]]) -> KaggleData:
-    root = spec.data or run_tags(next(iter(selection.values()))[0].run_id).get("salt.data_root")
+    root = spec.data or run_summary(next(iter(selection.values()))[0].run_id).data_root
     if not root:
         raise SaltError("--data is needed: the member runs do not record their data root")
     return load_kaggle(root)
@@ -96,7 +116,7 @@ def _postprocess_test(pred: np.ndarray, data: KaggleData, index: MosaicIndex | N
     ids = np.concatenate([data.test.ids, data.train.ids])
     images = np.concatenate([data.test.images, data.train.images])
     both = np.concatenate([pred, data.train.masks])
-    return apply_rules(both, ids, images, index, rules)[: len(pred)]
+    return apply_rules(both, ids, images, index, rules=rules)[: len(pred)]
 
 
 def build_ensemble(spec: EnsembleSpec, cache: Path) -> tuple[EnsembleResult, KaggleData]:
@@ -106,16 +126,16 @@ def build_ensemble(spec: EnsembleSpec, cache: Path) -> tuple[EnsembleResult, Kag
     index, _ = mosaic_index(data)
     truth = data.train.masks[data.train.position(oof.ids)]
     images = data.train.images[data.train.position(oof.ids)]
-    gains = measure_rules(oof.pred, truth, oof.ids, images, index, list(RULE_ORDER)) if index is not None else []
+    gains = measure_rules(oof.pred, truth, oof.ids, images, index=index, rules=list(RULE_ORDER)) if index is not None else []
     rules = choose_rules(spec.postprocess, gains)
-    post = apply_rules(oof.pred, oof.ids, images, index, rules) if rules else oof.pred
-    from salt_exp.metrics import image_scores
-
+    post = apply_rules(oof.pred, oof.ids, images, index, rules=rules) if rules else oof.pred
     oof_post = float(image_scores(post, truth).mean())
     thr = float(np.mean([f.threshold for f in oof.folds]))
     submission = None
     if data.test is not None:
         probs = predict_test(selection, data.test, cache, spec.device)
         pred = _postprocess_test((probs > thr).astype(np.uint8), data, index, rules)
-        submission = write_submission(Path(spec.out or f"submissions/{spec.study}.csv"), data.test.ids, pred)
-    return EnsembleResult(selection, oof, gains, rules, oof_post, post, submission, thr), data
+        submission = write_submission(Path(spec.out) if spec.out else submission_path(spec.study), data.test.ids, pred)
+    result = EnsembleResult(selection=selection, oof=oof, rule_gains=gains, rules=rules, oof_post=oof_post,
+                            post_pred=post, submission=submission, test_threshold=thr)
+    return result, data

@@ -70,7 +70,7 @@ def _sides(images: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return _zscore(u), _zscore(v), last.std(axis=1), first.std(axis=1)
 
 
-def _merge_top2(best: np.ndarray, arg: np.ndarray, second: np.ndarray, d: np.ndarray, offset: int) -> None:
+def _merge_top2(best: np.ndarray, arg: np.ndarray, second: np.ndarray, d: np.ndarray, *, offset: int) -> None:
     """Fold a chunk's column minima (d: (c, N)) into running column best/argbest/second, in place."""
     two = np.partition(d, 1, axis=0)[:2] if len(d) > 1 else np.vstack([d, np.full_like(d, np.inf)])
     chunk_arg = d.argmin(axis=0) + offset
@@ -80,7 +80,7 @@ def _merge_top2(best: np.ndarray, arg: np.ndarray, second: np.ndarray, d: np.nda
     best[:], second[:] = stacked[0], stacked[1]
 
 
-def _mutual_pairs(u, v, usable_u, usable_v, cfg: JigsawConfig) -> np.ndarray:
+def _mutual_pairs(u, v, usable_u, usable_v, *, cfg: JigsawConfig) -> np.ndarray:
     """(K, 3) rows (a, b, cost) of mutual nearest neighbours passing the ratio and cost tests."""
     n = len(u)
     col_best, col_second = np.full(n, np.inf, np.float32), np.full(n, np.inf, np.float32)
@@ -94,7 +94,7 @@ def _mutual_pairs(u, v, usable_u, usable_v, cfg: JigsawConfig) -> np.ndarray:
         d[np.arange(len(uc)), np.arange(s, s + len(uc))] = np.inf  # a tile is not its own neighbour
         two = np.partition(d, 1, axis=1)[:, :2]
         row_arg[s:s + len(uc)], row_best[s:s + len(uc)], row_second[s:s + len(uc)] = d.argmin(1), two[:, 0], two[:, 1]
-        _merge_top2(col_best, col_arg, col_second, d, s)
+        _merge_top2(col_best, col_arg, col_second, d, offset=s)
     a = np.flatnonzero(np.isfinite(row_best))
     b = row_arg[a]
     keep = (col_arg[b] == a) & (row_best[a] <= cfg.max_cost)
@@ -112,7 +112,7 @@ def match_edges(images: np.ndarray, cfg: JigsawConfig = JigsawConfig()) -> pd.Da
     for axis, (dx, dy) in ((1, (0, 1)), (2, (1, 0))):
         u, v, spread_u, spread_v = _sides(images, axis)
         usable_u, usable_v = ~blank & (spread_u >= cfg.min_edge_std), ~blank & (spread_v >= cfg.min_edge_std)
-        pairs = _mutual_pairs(u, v, usable_u, usable_v, cfg)
+        pairs = _mutual_pairs(u, v, usable_u, usable_v, cfg=cfg)
         frames.append(pd.DataFrame({"a": pairs[:, 0].astype(np.int64), "b": pairs[:, 1].astype(np.int64),
                                     "dx": dx, "dy": dy, "cost": pairs[:, 2]}))
     return pd.concat(frames, ignore_index=True).sort_values("cost", kind="stable", ignore_index=True)

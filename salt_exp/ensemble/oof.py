@@ -8,16 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
+from salt_exp.contract import read_snapshot_oof
 from salt_exp.data.kaggle import TileSet
 from salt_exp.ensemble.select import Member
 from salt_exp.errors import SaltError
-from salt_exp.metrics import bin_breakdown, coverage_bins, image_scores, threshold_search
-from salt_exp.tracking import download_run_artifact
-
-THRESHOLDS = np.round(np.arange(0.20, 0.801, 0.01), 2)
+from salt_exp.metrics import THRESHOLD_GRID, bin_breakdown, coverage_bins, image_scores, threshold_search
+from salt_exp.tracking import fetch_artifact
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FoldOOF:
     fold: int
     ids: np.ndarray  # (n,) validation ids of the fold
@@ -27,7 +26,7 @@ class FoldOOF:
     best_single: float  # best member's score at its own threshold rule
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OOFResult:
     folds: list[FoldOOF]
     ids: np.ndarray  # all OOF ids, fold by fold
@@ -40,24 +39,18 @@ class OOFResult:
 
 def load_member_oof(member: Member, cache: Path) -> tuple[np.ndarray, np.ndarray]:
     """(ids, probs float16) stored by the member's run; downloaded once into ``cache``."""
-    dst = cache / member.run_id / Path(member.oof).parent
-    local = dst / Path(member.oof).name
-    if not local.exists():
-        dst.mkdir(parents=True, exist_ok=True)
-        local = download_run_artifact(member.run_id, member.oof, dst)
-    with np.load(local, allow_pickle=False) as z:
-        return z["ids"], z["probs"]
+    return read_snapshot_oof(fetch_artifact(member.run_id, member.oof, cache))
 
 
 def _pick_threshold(probs: np.ndarray, truth: np.ndarray, threshold: str | float) -> tuple[float, float]:
     if threshold == "search":
-        thr, score, _ = threshold_search(probs, truth, THRESHOLDS)
+        thr, score, _ = threshold_search(probs, truth, THRESHOLD_GRID)
         return thr, score
     thr = float(threshold)
     return thr, float(image_scores(probs > thr, truth).mean())
 
 
-def fold_oof(fold: int, members: Sequence[Member], train: TileSet, threshold: str | float, cache: Path) -> FoldOOF:
+def fold_oof(fold: int, members: Sequence[Member], train: TileSet, *, threshold: str | float, cache: Path) -> FoldOOF:
     loaded = [load_member_oof(m, cache) for m in members]
     ids = loaded[0][0]
     for m, (other, _) in zip(members, loaded, strict=True):
@@ -68,18 +61,18 @@ def fold_oof(fold: int, members: Sequence[Member], train: TileSet, threshold: st
     singles = [_pick_threshold(p.astype(np.float32), truth, threshold)[1] for _, p in loaded]
     mean = np.mean([p.astype(np.float32) for _, p in loaded], axis=0)
     thr, score = _pick_threshold(mean, truth, threshold)
-    return FoldOOF(fold, ids, mean, thr, score, max(singles))
+    return FoldOOF(fold=fold, ids=ids, probs=mean, threshold=thr, score=score, best_single=max(singles))
 
 
 def evaluate_oof(selection: Mapping[int, Sequence[Member]], train: TileSet, threshold: str | float,
                  cache: Path) -> OOFResult:
     """Average members per fold, threshold per fold, score every OOF tile with the coverage breakdown."""
-    folds = [fold_oof(f, ms, train, threshold, cache) for f, ms in selection.items()]
+    folds = [fold_oof(f, ms, train, threshold=threshold, cache=cache) for f, ms in selection.items()]
     ids = np.concatenate([f.ids for f in folds])
     pred = np.concatenate([(f.probs > f.threshold).astype(np.uint8) for f in folds])
     truth = train.masks[train.position(ids)]
     scores = image_scores(pred, truth)
     sizes = np.array([len(f.ids) for f in folds])
     best_single = float(np.sum(sizes * np.array([f.best_single for f in folds])) / sizes.sum())
-    return OOFResult(folds, ids, pred, scores, float(scores.mean()), best_single,
-                     bin_breakdown(scores, coverage_bins(truth)))
+    return OOFResult(folds=folds, ids=ids, pred=pred, scores=scores, score=float(scores.mean()), best_single=best_single,
+                     bins=bin_breakdown(scores, coverage_bins(truth)))

@@ -1,6 +1,7 @@
-"""Mosaic-neighbour post-processing rules for predicted masks (GUIDE section 2), each switchable by name.
+"""Mosaic-neighbour post-processing rules for predicted masks (the reference TGS solutions' mosaic rules), each switchable by name.
 
-The real annotation was drawn at mosaic scale (GUIDE section 1); these rules copy its logic onto
+The real annotation was drawn at mosaic scale (a tile wholly inside salt is labelled empty, caps, vertical
+flanks continued down); these rules copy its logic onto
 predictions. Every rule is a pure function ``(pred, ctx) -> new pred`` over binary masks
 (N, 101, 101) bool; decisions are taken on the rule's *input*, so a rule does not depend on the order
 in which it visits the tiles. Tiles without mosaic neighbours are never touched (except by ``blank``,
@@ -133,6 +134,7 @@ def apply_rules(
     ids: Sequence[str],
     images: np.ndarray | None,
     index: MosaicIndex,
+    *,
     rules: Sequence[str],
 ) -> np.ndarray | dict[str, np.ndarray]:
     """Apply the named rules in RULE_ORDER to binary masks (nonzero = salt).
@@ -161,6 +163,7 @@ def measure_rules(
     truth: np.ndarray | Mapping[str, np.ndarray],
     ids: Sequence[str],
     images: np.ndarray | None,
+    *,
     index: MosaicIndex,
     rules: Sequence[str],
 ) -> list[dict]:
@@ -178,7 +181,7 @@ def measure_rules(
     runs = [[r] for r in ordered] + ([ordered] if len(ordered) > 1 else [])
     rows = []
     for run in runs:
-        after = apply_rules(base, ids, images, index, run)
+        after = apply_rules(base, ids, images, index, rules=run)
         score = float(image_scores(after, truth).mean()) if len(ids) else float("nan")
         changed = int((after != base).reshape(len(ids), -1).any(axis=1).sum())
         rows.append({"rule": "+".join(run), "score_before": before, "score_after": score,

@@ -12,19 +12,14 @@ from salt_exp.config import config_from_dict
 from salt_exp.data.dataset import TileDataset, make_loader
 from salt_exp.data.kaggle import TileSet
 from salt_exp.ensemble.select import Member
-from salt_exp.tracking import download_run_artifact
+from salt_exp.tracking import fetch_artifact
 from salt_exp.train.engine import Runtime, predict
 from salt_exp.train.setup import build_parts
 
 
 def load_member(member: Member, cache: Path) -> tuple[torch.nn.Module, object, object]:
     """(model in eval mode, tile adapter, config) of one registered snapshot."""
-    dst = cache / member.run_id / Path(member.weights).parent
-    local = dst / Path(member.weights).name
-    if not local.exists():
-        dst.mkdir(parents=True, exist_ok=True)
-        local = download_run_artifact(member.run_id, member.weights, dst)
-    payload = torch.load(local, map_location="cpu", weights_only=False)
+    payload = torch.load(fetch_artifact(member.run_id, member.weights, cache), map_location="cpu", weights_only=False)
     cfg = config_from_dict(payload["config"], where=f"{member.key} config")
     model, adapter, _ = build_parts(cfg)
     model.load_state_dict(payload["state_dict"])
@@ -37,7 +32,7 @@ def predict_member(member: Member, tiles: TileSet, cache: Path, device: str = "a
     rt = Runtime.resolve(device, cfg.train.amp, cfg.train.channels_last)
     model.to(rt.device)
     ds = TileDataset(tiles.images, None, tiles.depths, cfg.data.channels)
-    loader = make_loader(ds, cfg.train.val_batch_size, False, 0, cfg.seed, pin_memory=rt.device.type == "cuda")
+    loader = make_loader(ds, cfg.train.val_batch_size, False, 0, seed=cfg.seed, pin_memory=rt.device.type == "cuda")
     probs, _ = predict(model, adapter, loader, rt, hflip_tta=True)
     return probs
 

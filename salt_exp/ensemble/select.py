@@ -1,4 +1,4 @@
-"""Pick ensemble members from the MLflow registry by their version tags.
+"""Pick ensemble members from the MLflow registry by their version tags (``contract.SnapshotVersion``).
 
 Tie rule: within a (model, fold), versions are ranked by ``val_map`` (higher first); equal
 ``val_map`` keeps the earlier registered version (lower version number, i.e. the earlier cycle
@@ -9,46 +9,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from salt_exp.contract import SnapshotVersion
 from salt_exp.errors import SaltError
-from salt_exp.tracking import registry_versions
+from salt_exp.tracking import snapshot_versions
 
-REQUIRED_TAGS = ("fold", "cycle", "val_map", "oof", "weights")
-
-
-@dataclass(frozen=True)
-class Member:
-    """One registered snapshot: where its weights and out-of-fold probabilities live."""
-
-    model: str
-    version: str
-    run_id: str
-    fold: int
-    cycle: int
-    val_map: float
-    val_best_thr: float
-    weights: str  # artifact path inside run_id
-    oof: str  # artifact path inside run_id
-    encoder: str
-    trial: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.model}/v{self.version}"
+Member = SnapshotVersion  # an ensemble member is a registered snapshot
 
 
 def registered_members(model: str) -> list[Member]:
     """All versions of ``model`` carrying the snapshot tags; SaltError when there are none."""
-    rows = [r for r in registry_versions(model) if all(t in r["tags"] for t in REQUIRED_TAGS)]
-    if not rows:
+    members = snapshot_versions(model)
+    if not members:
         raise SaltError(f"registered model {model!r} has no snapshot versions (train a fold run of that study first)")
-    return [
-        Member(model, r["version"], r["run_id"], int(r["tags"]["fold"]), int(r["tags"]["cycle"]),
-               float(r["tags"]["val_map"]), float(r["tags"].get("val_best_thr", 0.5)), r["tags"]["weights"],
-               r["tags"]["oof"], r["tags"].get("encoder", "?"), r["tags"].get("trial", "none"))
-        for r in rows
-    ]
+    return members
 
 
 def select_top(members: Sequence[Member], top_k: int) -> dict[int, list[Member]]:

@@ -2,38 +2,35 @@
 
 from __future__ import annotations
 
-import json
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from salt_exp import contract as C
+from salt_exp.contract import EnsembleOOF, EnsembleVersion, RunStatus
 from salt_exp.ensemble.build import EnsembleResult, EnsembleSpec
 from salt_exp.scoring import score_files
-from salt_exp.tracking import RunTracker, set_model_alias
-
-OOF_FILE = "oof.npz"  # logged as ensemble/oof.npz: what the report and the mosaic renders read
+from salt_exp.tracking import RunTracker, set_model_alias, temp_dir
 
 
-def save_oof(result: EnsembleResult, path: Path) -> Path:
-    """The ensemble's out-of-fold output: ids, mean probabilities (float16), the threshold each tile got,
-    its fold and the post-processed masks (bit-packed rows), so that analyses never recompute it."""
+@dataclass(frozen=True)
+class LoggedEnsemble:
+    run_id: str
+    version: str  # of the registered model contract.ensemble_model(study), alias champion
+    lb: dict  # leaderboard scores (public/private) when the dataset has a solution.csv, else {}
+
+
+def stored_oof(result: EnsembleResult) -> EnsembleOOF:
+    """What ``ensemble/oof.npz`` holds: the ensemble's OOF output as analyses read it."""
     oof = result.oof
-    np.savez_compressed(
-        path, ids=oof.ids, probs=np.concatenate([f.probs for f in oof.folds]).astype(np.float16),
-        threshold=np.concatenate([np.full(len(f.ids), f.threshold, np.float32) for f in oof.folds]),
-        fold=np.concatenate([np.full(len(f.ids), f.fold, np.int16) for f in oof.folds]),
-        pred=np.packbits(result.post_pred.astype(bool), axis=-1))
-    return path
+    return EnsembleOOF(ids=oof.ids, probs=np.concatenate([f.probs for f in oof.folds]),
+                       threshold=np.concatenate([np.full(len(f.ids), f.threshold, np.float32) for f in oof.folds]),
+                       fold=np.concatenate([np.full(len(f.ids), f.fold, np.int16) for f in oof.folds]),
+                       pred=result.post_pred.astype(bool))
 
 
-def log_ensemble(spec: EnsembleSpec, result: EnsembleResult, data_root: Path) -> tuple[str, str, dict]:
-    """(run_id, registered version, leaderboard scores or {}) of the logged ensemble."""
-    members = [m for ms in result.selection.values() for m in ms]
-    tracker = RunTracker.start(f"salt/{spec.study}", "ensemble", {"salt.role": "ensemble", "salt.study": spec.study})
-    tracker.log_params({"models": ",".join(spec.models), "top_k": spec.top_k, "threshold": spec.threshold,
-                        "postprocess": spec.postprocess, "rules_applied": ",".join(result.rules) or "none",
-                        "data_root": str(data_root), "members": ",".join(m.key for m in members)})
+def _metrics(result: EnsembleResult, lb: dict) -> dict[str, float]:
     oof = result.oof
     metrics = {"oof_map": oof.score, "oof_best_single": oof.best_single, "oof_map_postprocessed": result.oof_post,
                "test_threshold": result.test_threshold}
@@ -45,24 +42,38 @@ def log_ensemble(spec: EnsembleSpec, result: EnsembleResult, data_root: Path) ->
             metrics[f"oof_map_bin_{b['bin']}"] = b["mean_score"]
     for g in result.rule_gains:
         metrics[f"pp_gain_{g['rule'].replace('+', '_')}"] = g["gain"]
-    lb = score_files(result.submission, data_root / "solution.csv") if result.submission and (data_root / "solution.csv").exists() else {}
-    for split in ("public", "private"):
-        if lb.get(split) is not None:
-            metrics[f"lb_{split}"] = lb[split]
-    tracker.log_metrics(metrics, 0)
-    tracker.log_json([{"key": m.key, "run_id": m.run_id, "fold": m.fold, "cycle": m.cycle, "val_map": m.val_map,
-                       "encoder": m.encoder, "trial": m.trial} for m in members], "ensemble/members.json")
-    tracker.log_table({k: [b[k] for b in oof.bins] for k in oof.bins[0]}, "oof_coverage_bins.json")
+    metrics.update({f"lb_{split}": lb[split] for split in ("public", "private") if lb.get(split) is not None})
+    return metrics
+
+
+def _log_artifacts(tracker: RunTracker, result: EnsembleResult) -> None:
+    members = [m for ms in result.selection.values() for m in ms]
+    tracker.log_json([m.member_row() for m in members], C.ENSEMBLE_MEMBERS)
+    tracker.log_table({k: [b[k] for b in result.oof.bins] for k in result.oof.bins[0]}, C.ENSEMBLE_OOF_TABLE)
     if result.rule_gains:
-        tracker.log_table({k: [g[k] for g in result.rule_gains] for k in result.rule_gains[0]}, "postprocess_gains.json")
+        tracker.log_table({k: [g[k] for g in result.rule_gains] for k in result.rule_gains[0]}, C.ENSEMBLE_PP_TABLE)
     if result.submission:
-        tracker.log_artifact(result.submission, "ensemble")
-    with tempfile.TemporaryDirectory(prefix="salt-exp-") as tmp:
-        tracker.log_artifact(save_oof(result, Path(tmp) / OOF_FILE), "ensemble")
-    version = tracker.register_version(f"salt-{spec.study}-ensemble", "ensemble",
-                                       {"study": spec.study, "members": json.dumps([m.key for m in members]),
-                                        "oof_map": f"{oof.score:.6f}", "rules": ",".join(result.rules) or "none",
-                                        "ensemble_run": tracker.run_id}, key_tag="ensemble_run")
-    set_model_alias(f"salt-{spec.study}-ensemble", "champion", version)
-    tracker.end("FINISHED")
-    return tracker.run_id, version, lb
+        tracker.log_artifact(result.submission, C.ENSEMBLE_DIR)
+    with temp_dir() as tmp:
+        path = C.write_ensemble_oof(Path(tmp) / Path(C.ENSEMBLE_OOF).name, stored_oof(result))
+        tracker.log_artifact(path, C.ENSEMBLE_DIR)
+
+
+def log_ensemble(spec: EnsembleSpec, result: EnsembleResult, data_root: Path) -> LoggedEnsemble:
+    """One ensemble run in ``salt/<study>``, registered as the champion version of ``salt-<study>-ensemble``."""
+    members = [m for ms in result.selection.values() for m in ms]
+    tracker = RunTracker.start(C.experiment_name(spec.study), "ensemble", C.ensemble_run_tags(spec.study))
+    tracker.log_params({"models": ",".join(spec.models), "top_k": spec.top_k, "threshold": spec.threshold,
+                        "postprocess": spec.postprocess, "rules_applied": ",".join(result.rules) or "none",
+                        "data_root": str(data_root), "members": ",".join(m.key for m in members)})
+    solution = data_root / "solution.csv"
+    lb = score_files(result.submission, solution) if result.submission and solution.exists() else {}
+    tracker.log_metrics(_metrics(result, lb), 0)
+    _log_artifacts(tracker, result)
+    model = C.ensemble_model(spec.study)
+    record = EnsembleVersion(model=model, study=spec.study, ensemble_run=tracker.run_id,
+                             members=tuple(m.key for m in members), oof_map=result.oof.score, rules=tuple(result.rules))
+    version = tracker.register_version(model, C.ENSEMBLE_DIR, record.to_tags(), key_tag="ensemble_run")
+    set_model_alias(model, C.CHAMPION, version)
+    tracker.end(RunStatus.FINISHED)
+    return LoggedEnsemble(tracker.run_id, version, lb)

@@ -1,6 +1,6 @@
 """Output heads: pixel (segmentation), image classification (empty vs non-empty), and fusion.
 
-All heads return LOGITS. Deep supervision (reference pipeline, GUIDE section 2):
+All heads return LOGITS. Deep supervision (as in the reference pipeline, an 11th-place TGS solution):
 ``cls`` from the deepest encoder features, ``seg`` from the decoder features, and ``fused`` from
 the decoder features concatenated with the classification features broadcast over the image.
 """

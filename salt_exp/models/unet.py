@@ -34,6 +34,7 @@ class SaltNet(nn.Module):
         self,
         encoder: nn.Module,
         decoder_channels: tuple[int, ...],
+        *,
         scse: bool,
         hypercolumn: bool,
         deep_supervision: bool,
@@ -76,6 +77,7 @@ class _LastStage(nn.Module):
 
 def build_model(
     encoder: str = "resnet34",
+    *,
     weights: str = "none",
     in_channels: int = 1,
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),

@@ -2,7 +2,7 @@
 
 One worker is a loop: requeue stale trials, stop when the budget (``n_trials`` counted over the
 whole study, all workers and invocations) is used or the timeout passed, ask, run, tell. An error
-in a trial is recorded (Optuna FAIL + ``salt.failure``, MLflow ``salt.state=FAIL``) and the loop goes
+in a trial is recorded (Optuna FAIL + a failure attribute, the trial run's status FAIL) and the loop goes
 on; Ctrl-C or SIGTERM requeues the running trial and stops. ``--workers N`` runs N spawned worker
 processes against the same storage; with the SQLite MLflow store a local ``mlflow server`` is the
 one writer and the workers talk to it over HTTP.
@@ -15,23 +15,23 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
 import optuna
 from optuna.trial import TrialState
 
-from salt_exp.study.recover import FAILURE, SKIPPED, Heartbeat, budget_left, over_budget, recover_stale, requeue
+from salt_exp.contract import TrialAttr, experiment_name
+from salt_exp.signals import term_as_interrupt
+from salt_exp.stores import artifact_root, sqlite_path, tracking_uri
+from salt_exp.study.recover import Heartbeat, budget_left, over_budget, recover_stale, requeue
+from salt_exp.study.server import LocalServer
 from salt_exp.study.spec import StudySpec, load_study_spec
 from salt_exp.study.storage import open_study
 from salt_exp.study.trial import TrialContext, one_line, run_trial
-from salt_exp.tracking import LocalServer, ensure_experiment, tracking_uri
-from salt_exp.train.run import experiment_name
+from salt_exp.tracking import experiment_id
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StudyRequest:
     """What ``salt-exp study`` was asked: the file, where the study lives, and the run-wide knobs."""
 
@@ -46,19 +46,6 @@ class StudyRequest:
 
 def _log(spec: StudySpec, text: str) -> None:
     print(f"[study {spec.name} pid {os.getpid()}] {text}", flush=True)
-
-
-@contextmanager
-def _term_as_interrupt() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C for the whole worker loop, so the running trial is requeued."""
-    def raise_interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = signal.signal(signal.SIGTERM, raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def _frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
@@ -79,7 +66,7 @@ def _run_one(ctx: TrialContext, trial: optuna.Trial) -> str:
             _log(ctx.spec, f"trial {trial.number} interrupted: requeued, the next run resumes it")
             raise
         except Exception as exc:  # noqa: BLE001 - one trial's error is recorded and the study goes on
-            trial.set_user_attr(FAILURE, one_line(exc))
+            trial.set_user_attr(TrialAttr.FAILURE, one_line(exc))
             study.tell(trial, state=TrialState.FAIL)
             _log(ctx.spec, f"trial {trial.number} FAIL: {one_line(exc)}")
             return "FAIL"
@@ -96,7 +83,7 @@ def run_worker(req: StudyRequest) -> list[tuple[int, str]]:
     ctx = TrialContext(study, spec, spec.base_config())
     deadline = None if spec.timeout is None else time.time() + spec.timeout
     done: list[tuple[int, str]] = []
-    with _term_as_interrupt():
+    with term_as_interrupt():  # SIGTERM like Ctrl-C: the running trial is requeued
         while deadline is None or time.time() < deadline:
             for number in recover_stale(study, spec.stale_after):
                 _log(spec, f"trial {number} was interrupted (worker gone): requeued to resume")
@@ -104,7 +91,7 @@ def run_worker(req: StudyRequest) -> list[tuple[int, str]]:
                 break
             trial = study.ask()
             if over_budget(study, trial, n_trials):
-                trial.set_user_attr(SKIPPED, "over budget: another worker asked at the same time")
+                trial.set_user_attr(TrialAttr.SKIPPED, "over budget: another worker asked at the same time")
                 study.tell(trial, state=TrialState.FAIL)
                 break
             done.append((trial.number, _run_one(ctx, trial)))
@@ -134,12 +121,11 @@ def _worker_entry(req: StudyRequest) -> None:
 
 def _spawn(req: StudyRequest, uri: str) -> list[int]:
     threads = max(1, (os.cpu_count() or 1) // req.workers)
-    child = StudyRequest(req.spec_path, req.storage, req.overrides, req.n_trials, 1, threads,
-                         {**req.env, "MLFLOW_TRACKING_URI": uri})
+    child = replace(req, workers=1, torch_threads=threads, env={**req.env, "MLFLOW_TRACKING_URI": uri})
     mp = multiprocessing.get_context("spawn")  # never fork a process that may hold torch/MLflow threads
     procs = [mp.Process(target=_worker_entry, args=(child,), name=f"salt-study-worker-{i}") for i in range(req.workers)]
     try:
-        with _term_as_interrupt():
+        with term_as_interrupt():
             for p in procs:
                 p.start()
                 time.sleep(1.0)  # stagger the first asks a little
@@ -164,16 +150,16 @@ def run_study(req: StudyRequest) -> list[int]:
     """
     spec = load_study_spec(req.spec_path, req.overrides)
     study = open_study(spec, req.storage)
-    ensure_experiment(experiment_name(spec.name))  # fixes its artifact location before any server starts
+    experiment_id(experiment_name(spec.name))  # creates it now: its artifact location is fixed before any server starts
     for number in recover_stale(study, spec.stale_after):
         _log(spec, f"trial {number} was interrupted (worker gone): requeued to resume")
     if req.workers <= 1:
         run_worker(req)
         return [0]
     uri = tracking_uri()
-    if not uri.startswith("sqlite:"):
+    db = sqlite_path(uri)
+    if db is None:
         return _spawn(req, uri)  # a server or a PostgreSQL store already takes concurrent writers
-    db = Path(uri[len("sqlite:///"):])
-    with LocalServer(uri, db.parent / "artifacts", db.parent / "mlflow-server.log") as server_uri:
+    with LocalServer(uri, artifact_root(uri), db.parent / "mlflow-server.log") as server_uri:
         _log(spec, f"{req.workers} workers; MLflow through a local server at {server_uri}")
         return _spawn(req, server_uri)

@@ -1,13 +1,14 @@
 """Resuming interrupted trials without duplicates, and the trial budget shared by all workers.
 
-A worker writes ``salt.worker`` (``host:pid:process start time``) on each trial it runs and
-refreshes ``salt.heartbeat`` (unix time) while it runs. A RUNNING trial is *stale* when its worker
+A worker writes ``TrialAttr.WORKER`` (``host:pid:process start time``) on each trial it runs and
+refreshes ``TrialAttr.HEARTBEAT`` (unix time) while it runs. A RUNNING trial is *stale* when its worker
 is gone: on the same host the process no longer exists (pid + start time, so a reused pid does not
 count), on another host its heartbeat is older than ``stale_after``.
 
 A stale or interrupted trial is *requeued*: it is moved to FAIL (the move is the claim: the
 storage refuses a second move of a finished trial, so exactly one worker wins), then its exact
-params are enqueued with ``salt.resume_of=<its number>`` and ``salt.trial=<its MLflow trial number>``.
+params are enqueued with ``TrialAttr.RESUME_OF=<its number>`` and ``TrialAttr.MLFLOW_TRIAL=<its MLflow
+trial number>``.
 The new trial reuses that MLflow trial number, hence the same parent run, and its fold runs are
 found by study/trial/fold/config hash and continued from their checkpoints: no duplicate trial
 in the budget, parent run, fold run or registry version.
@@ -25,8 +26,10 @@ import psutil
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-WORKER, HEARTBEAT, MLFLOW_TRIAL = "salt.worker", "salt.heartbeat", "salt.trial"
-RESUME_OF, FAILURE, SKIPPED = "salt.resume_of", "salt.failure", "salt.skipped"
+from salt_exp.contract import TrialAttr
+
+WORKER, HEARTBEAT, MLFLOW_TRIAL = TrialAttr.WORKER, TrialAttr.HEARTBEAT, TrialAttr.MLFLOW_TRIAL
+RESUME_OF, FAILURE, SKIPPED = TrialAttr.RESUME_OF, TrialAttr.FAILURE, TrialAttr.SKIPPED
 
 
 def worker_id() -> str:

@@ -7,13 +7,14 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from salt_exp.contract import TrialAttr
 from salt_exp.study.recover import FAILURE, RESUME_OF, SKIPPED, mlflow_trial_number
 from salt_exp.study.storage import load_study
 
 
 def _row(t: FrozenTrial, superseded_by: dict[int, int]) -> dict[str, Any]:
-    folds = {k[len("salt.fold"):-len("_map")]: v for k, v in t.user_attrs.items()
-             if k.startswith("salt.fold") and k.endswith("_map")}
+    folds = {str(TrialAttr.parse_fold_map(k)): v for k, v in t.user_attrs.items()
+             if TrialAttr.parse_fold_map(k) is not None}
     state = t.state.name
     if t.number in superseded_by:
         state = f"RESUMED->{superseded_by[t.number]}"
@@ -23,7 +24,7 @@ def _row(t: FrozenTrial, superseded_by: dict[int, int]) -> dict[str, Any]:
             "cv_map": t.value if t.state == TrialState.COMPLETE else None,
             "folds": dict(sorted(folds.items(), key=lambda kv: int(kv[0]))), "params": dict(t.params),
             "duration_s": t.duration.total_seconds() if t.duration else None,
-            "failure": t.user_attrs.get(FAILURE), "parent_run_id": t.user_attrs.get("salt.parent_run_id")}
+            "failure": t.user_attrs.get(FAILURE), "parent_run_id": t.user_attrs.get(TrialAttr.PARENT_RUN_ID)}
 
 
 def study_report(name: str, storage: str | None) -> dict[str, Any]:

@@ -15,14 +15,20 @@ import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
+from salt_exp.contract import OLD_STUDY_UID_ATTR, STUDY_UID_ATTR
 from salt_exp.errors import SaltError
+from salt_exp.stores import optuna_journal
 from salt_exp.study.spec import StudySpec
-
-STUDY_UID = "salt.uid"
 
 
 def default_storage_url(name: str) -> str:
-    return str(Path("mlruns") / "optuna" / f"{name}.journal")
+    return optuna_journal(name)
+
+
+def study_uid(study: optuna.Study) -> str:
+    """The uid the study's trial runs are tagged with (studies made before the rename kept the old key)."""
+    attrs = study.user_attrs
+    return str(attrs.get(STUDY_UID_ATTR) or attrs.get(OLD_STUDY_UID_ATTR) or "")
 
 
 def open_storage(url: str) -> BaseStorage:
@@ -78,8 +84,8 @@ def open_study(spec: StudySpec, storage_url: str | None) -> optuna.Study:
     storage = open_storage(storage_url or default_storage_url(spec.name))
     study = optuna.create_study(study_name=spec.name, storage=storage, sampler=build_sampler(spec),
                                 pruner=build_pruner(spec), direction="maximize", load_if_exists=True)
-    if STUDY_UID not in study.user_attrs:
-        study.set_user_attr(STUDY_UID, uuid.uuid4().hex[:12])
+    if not study_uid(study):
+        study.set_user_attr(STUDY_UID_ATTR, uuid.uuid4().hex[:12])
         for params in spec.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
     return study

@@ -1,9 +1,9 @@
 """One fold of one configuration: LR range test, cosine cycles, per-cycle best snapshots.
 
-The loop emits events to hooks (``on_lr_find``, ``on_epoch``, ``on_snapshot``, ``on_end``);
-tracking, pruning and progress reporting are hooks, not part of the loop. The training state
-is saved after every epoch so a killed run resumes from its last completed epoch; hooks are
-replayed on resume and must be idempotent (the MLflow hook skips what it already logged).
+The loop emits typed events to hooks (``salt_exp.train.hooks``); tracking, pruning and progress
+reporting are hooks, not part of the loop. The training state is saved after every epoch so a
+killed run resumes from its last completed epoch; events are replayed on resume and hooks must be
+idempotent (the MLflow hook skips what it already logged).
 """
 
 from __future__ import annotations
@@ -11,32 +11,24 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 
 from salt_exp.config import ExperimentConfig, to_dict
-from salt_exp.metrics import bin_breakdown, coverage_bins, image_scores, threshold_search
+from salt_exp.contract import FoldStatus
+from salt_exp.metrics import THRESHOLD_GRID, bin_breakdown, coverage_bins, image_scores, threshold_search
 from salt_exp.train.engine import NonFiniteLoss, Runtime, forward_cropped, predict, train_epoch
+from salt_exp.train.hooks import EpochEnd, HookBase, Hooks, RunEnd, SnapshotReady
 from salt_exp.train.lr_find import LRFindResult, lr_range_test
 from salt_exp.train.schedule import cosine_cycles
 from salt_exp.train.setup import FoldData, build_optimizer, build_parts, train_loader, val_loader
 from salt_exp.train.state import RunState, SnapshotRef, drop_files, load_state, save_snapshot, save_state
 
-THRESHOLDS = np.round(np.arange(0.20, 0.801, 0.01), 2)
-
-
-class Hook(Protocol):
-    def on_lr_find(self, result: LRFindResult) -> None: ...
-    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
-    def on_snapshot(self, snap: SnapshotRef, fd: FoldData, published: list[SnapshotRef]) -> None: ...
-    def on_end(self, status: str, reason: str) -> None: ...
-
 
 @dataclass(frozen=True)
 class FoldResult:
-    status: str  # FINISHED | FAILED
+    status: FoldStatus  # FINISHED | FAILED
     reason: str
     best_val_map: float
     snapshots: list[SnapshotRef]
@@ -44,15 +36,15 @@ class FoldResult:
 
 def evaluate(probs: np.ndarray, masks: np.ndarray) -> tuple[dict[str, float], list[dict]]:
     """Validation metrics at 101x101: mAP at 0.5, at the best threshold, and the bins at 0.5."""
-    best_thr, best_map, _ = threshold_search(probs, masks, THRESHOLDS)
+    best_thr, best_map, _ = threshold_search(probs, masks, THRESHOLD_GRID)
     scores = image_scores(probs > 0.5, masks)
     metrics = {"val_map": float(scores.mean()), "val_map_best_thr": best_map, "val_best_thr": best_thr}
     return metrics, bin_breakdown(scores, coverage_bins(masks))
 
 
 class FoldTrainer:
-    def __init__(self, cfg: ExperimentConfig, fd: FoldData, fold: int, workdir: Path, hooks: list[Hook]) -> None:
-        self.cfg, self.fd, self.fold, self.workdir, self.hooks = cfg, fd, fold, workdir, hooks
+    def __init__(self, cfg: ExperimentConfig, fd: FoldData, fold: int, *, workdir: Path, hooks: list[HookBase]) -> None:
+        self.cfg, self.fd, self.fold, self.workdir, self.hooks = cfg, fd, fold, workdir, Hooks(hooks)
         self.rt = Runtime.resolve(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
         model, self.adapter, self.loss_fn = build_parts(cfg)
         self.model = model.to(self.rt.device)
@@ -69,9 +61,8 @@ class FoldTrainer:
     def last_path(self) -> Path:
         return self.workdir / "last.pt"
 
-    def _emit(self, event: str, *args) -> None:
-        for hook in self.hooks:
-            getattr(hook, event)(*args)
+    def _save(self) -> None:
+        save_state(self.last_path, self.state, model=self.model, optimizer=self.optimizer, scaler=self.scaler)
 
     def _loss_step(self, batch: dict) -> torch.Tensor:
         images, masks = self.rt.to_input(batch["image"]), batch["mask"].to(self.rt.device)
@@ -85,27 +76,28 @@ class FoldTrainer:
             return
         torch.manual_seed(self.cfg.seed + 1)
         result = lr_range_test(self.model, self._loss_step, train_loader(self.cfg, self.fd, -1), self.optimizer,
-                               lf.start_lr, lf.end_lr, lf.steps, lf.smooth, lf.diverge)
+                               start_lr=lf.start_lr, end_lr=lf.end_lr, steps=lf.steps, smooth=lf.smooth,
+                               diverge=lf.diverge)
         self.state.lr_find = asdict(result)
         self.state.max_lr = result.suggestion if self.cfg.optim.lr == "auto" else float(self.cfg.optim.lr)
-        save_state(self.last_path, self.state, self.model, self.optimizer, self.scaler)
+        self._save()
 
     def _replay(self) -> None:
         """Re-emit what a killed run may not have delivered; hooks drop what they already have."""
         if self.state.lr_find:
-            self._emit("on_lr_find", LRFindResult(**self.state.lr_find))
+            self.hooks.on_lr_find(LRFindResult(**self.state.lr_find))
         for epoch, metrics in enumerate(self.state.history):
-            self._emit("on_epoch", epoch, metrics)
+            self.hooks.on_epoch(EpochEnd(epoch, metrics))
         self._publish_finished_cycles()
 
     def _publish_finished_cycles(self) -> None:
         done_cycles = self.state.epochs_done // self.cfg.schedule.cycle_epochs
         for cycle in range(done_cycles):
             if cycle not in self.state.published and cycle in self.state.best:
-                earlier = [self.state.best[c] for c in sorted(self.state.published)]
-                self._emit("on_snapshot", self.state.best[cycle], self.fd, earlier)
+                earlier = tuple(self.state.best[c] for c in sorted(self.state.published))
+                self.hooks.on_snapshot(SnapshotReady(self.state.best[cycle], self.fd.val_ids, earlier))
                 self.state.published.append(cycle)
-                save_state(self.last_path, self.state, self.model, self.optimizer, self.scaler)
+                self._save()
 
     def _keep_if_best(self, epoch: int, metrics: dict[str, float], probs: np.ndarray, bins: list[dict]) -> None:
         cycle = epoch // self.cfg.schedule.cycle_epochs
@@ -113,9 +105,11 @@ class FoldTrainer:
         if old is not None and metrics["val_map"] <= old.val_map:  # ties keep the earlier epoch
             return
         meta = {"config": to_dict(self.cfg), "fold": self.fold, "cycle": cycle, "epoch": epoch, **metrics}
-        weights, oof = save_snapshot(self.workdir, cycle, epoch, self.model, meta, probs)
-        self.state.best[cycle] = SnapshotRef(cycle, epoch, metrics["val_map"], metrics["val_best_thr"],
-                                             metrics["val_map_best_thr"], weights, oof, bins)
+        weights, oof = save_snapshot(self.workdir, cycle=cycle, epoch=epoch, model=self.model, meta=meta, oof=probs)
+        self.state.best[cycle] = SnapshotRef(cycle=cycle, epoch=epoch, val_map=metrics["val_map"],
+                                             val_best_thr=metrics["val_best_thr"],
+                                             val_map_best_thr=metrics["val_map_best_thr"], weights=weights, oof=oof,
+                                             bins=bins)
         if old is not None:
             drop_files(old.weights, old.oof)
 
@@ -133,8 +127,8 @@ class FoldTrainer:
         self._keep_if_best(epoch, metrics, probs, bins)
         self.state.history.append(metrics)
         self.state.epochs_done = epoch + 1
-        save_state(self.last_path, self.state, self.model, self.optimizer, self.scaler)
-        self._emit("on_epoch", epoch, metrics)
+        self._save()
+        self.hooks.on_epoch(EpochEnd(epoch, metrics))
         if (epoch + 1) % self.cfg.schedule.cycle_epochs == 0:
             self._publish_finished_cycles()
 
@@ -146,15 +140,16 @@ class FoldTrainer:
             if self.state.max_lr is None:
                 self._find_lr()
                 if self.state.lr_find:
-                    self._emit("on_lr_find", LRFindResult(**self.state.lr_find))
+                    self.hooks.on_lr_find(LRFindResult(**self.state.lr_find))
             schedule = cosine_cycles(self.cfg.schedule, self.state.max_lr, self.steps_per_epoch)
             for epoch in range(self.state.epochs_done, self.total_epochs):
                 self._epoch(epoch, schedule)
         except NonFiniteLoss as exc:
-            self._emit("on_end", "FAILED", str(exc))
-            return FoldResult("FAILED", str(exc), self.best_val_map(), list(self.state.best.values()))
-        self._emit("on_end", "FINISHED", "")
-        return FoldResult("FINISHED", "", self.best_val_map(), [self.state.best[c] for c in sorted(self.state.best)])
+            self.hooks.on_end(RunEnd(FoldStatus.FAILED, str(exc)))
+            return FoldResult(FoldStatus.FAILED, str(exc), self.best_val_map(), list(self.state.best.values()))
+        self.hooks.on_end(RunEnd(FoldStatus.FINISHED))
+        snapshots = [self.state.best[c] for c in sorted(self.state.best)]
+        return FoldResult(FoldStatus.FINISHED, "", self.best_val_map(), snapshots)
 
     def best_val_map(self) -> float:
         return max((s.val_map for s in self.state.best.values()), default=float("nan"))

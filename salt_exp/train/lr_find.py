@@ -18,7 +18,7 @@ import torch
 from salt_exp.io import atomic_path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LRFindResult:
     """One sweep: ``lrs[i]`` was used for step i, which produced ``raw_losses[i]``.
 
@@ -83,6 +83,7 @@ def lr_range_test(
     loss_step: Callable[[Any], torch.Tensor],
     batches: Iterable[Any],
     optimizer: torch.optim.Optimizer,
+    *,
     start_lr: float,
     end_lr: float,
     steps: int,

@@ -1,17 +1,25 @@
-"""``salt-exp train``: one fold of one config as one MLflow run, resumable after a kill."""
+"""``salt-exp train``: one fold of one config as one tracked MLflow run, resumable after a kill.
+
+This module is the MLflow wiring of a fold run (start or resume the run, log the config, hand the
+loop its hooks, close the run); the loop itself is ``fold_run.FoldTrainer``, its parts ``setup``.
+"""
 
 from __future__ import annotations
 
-import signal
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from salt_exp import contract as C
 from salt_exp.config import ExperimentConfig, config_hash, dump_yaml, flatten
+from salt_exp.contract import FoldRunTags, FoldStatus, RunStatus, SnapshotVersion
+from salt_exp.signals import term_as_interrupt
+from salt_exp.stores import work_root
 from salt_exp.tracking import RunTracker, find_runs
-from salt_exp.train.fold_run import FoldResult, FoldTrainer, Hook
+from salt_exp.train.fold_run import FoldResult, FoldTrainer
+from salt_exp.train.hooks import HookBase
 from salt_exp.train.mlflow_hook import MLflowHook
 from salt_exp.train.setup import load_fold
-from salt_exp.train.state import work_root
 
 
 @dataclass(frozen=True)
@@ -19,73 +27,63 @@ class FoldRunInfo:
     run_id: str
     result: FoldResult
     versions: dict[int, str]
+    already_finished: bool = False  # a resume found the run finished: nothing was trained
 
 
-def experiment_name(study: str) -> str:
-    return f"salt/{study}"
-
-
-def registered_model_name(study: str) -> str:
-    return f"salt-{study}"
-
-
-def _run_tags(cfg: ExperimentConfig, study: str, trial: int | None, fold: int) -> dict[str, str]:
-    return {"salt.study": study, "salt.trial": "none" if trial is None else str(trial), "salt.fold": str(fold),
-            "salt.role": "fold", "salt.config_hash": config_hash(cfg), "salt.encoder": cfg.model.encoder,
-            "salt.data_root": str(Path(cfg.data.root).resolve())}
+def fold_run_tags(cfg: ExperimentConfig, study: str, trial: int | None, fold: int) -> FoldRunTags:
+    return FoldRunTags(study=study, trial=C.trial_label(trial), fold=fold, config_hash=config_hash(cfg),
+                       encoder=cfg.model.encoder, data_root=str(Path(cfg.data.root).resolve()))
 
 
 def find_resumable(cfg: ExperimentConfig, study: str, trial: int | None, fold: int) -> tuple[str, str] | None:
-    """(run_id, status) of the newest run of this study/trial/fold/config, or None."""
-    tags = _run_tags(cfg, study, trial, fold)
-    query = " and ".join(f"tags.`{k}` = '{tags[k]}'" for k in ("salt.trial", "salt.fold", "salt.config_hash", "salt.role"))
-    runs = find_runs(experiment_name(study), query, max_results=1)
-    return (runs[0].info.run_id, runs[0].info.status) if runs else None
+    """(run_id, MLflow status) of the newest run of this study/trial/fold/config, or None."""
+    tags = fold_run_tags(cfg, study, trial, fold)
+    runs = find_runs(C.experiment_name(study), tags.resume_filter(), max_results=1)
+    return (runs[0].run_id, runs[0].status) if runs else None
 
 
-class _TermAsInterrupt:
-    """SIGTERM behaves like Ctrl-C while training, so the run is closed as KILLED."""
+def _finished(run_id: str) -> FoldRunInfo:
+    """A run that finished before: its result as MLflow holds it."""
+    from salt_exp.tracking import run_summary
 
-    def __enter__(self):
-        self._old = signal.signal(signal.SIGTERM, self._raise)
-        return self
-
-    @staticmethod
-    def _raise(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._old)
-        return False
+    best = run_summary(run_id).metrics.get(C.Metric.BEST_VAL_MAP, math.nan)
+    return FoldRunInfo(run_id, FoldResult(FoldStatus.FINISHED, "", float(best), []), {}, already_finished=True)
 
 
-def run_fold(cfg: ExperimentConfig, fold: int, *, study: str = "adhoc", trial: int | None = None,
-             parent_run_id: str | None = None, resume: bool = False, extra_hooks: list[Hook] | None = None) -> FoldRunInfo:
+def _start(cfg: ExperimentConfig, tags: FoldRunTags, *, trial: int | None, parent_run_id: str | None,
+           folds_file: str) -> RunTracker:
+    name = f"fold{tags.fold}" if trial is None else f"trial{trial}-fold{tags.fold}"
+    tracker = RunTracker.start(C.experiment_name(tags.study), name, tags.to_tags(), parent_run_id)
+    tracker.log_params({**flatten(cfg), "fold": tags.fold})
+    tracker.log_text(dump_yaml(cfg), C.CONFIG_FILE)
+    tracker.log_artifact(folds_file, C.FOLDS_DIR)
+    return tracker
+
+
+def run_fold(cfg: ExperimentConfig, fold: int, *, study: str = C.ADHOC, trial: int | None = None,
+             parent_run_id: str | None = None, resume: bool = False,
+             extra_hooks: list[HookBase] | None = None) -> FoldRunInfo:
     fd = load_fold(cfg, fold)
+    tags = fold_run_tags(cfg, study, trial, fold)
     previous = find_resumable(cfg, study, trial, fold) if resume else None
-    if previous is not None and previous[1] == "FINISHED":
-        return FoldRunInfo(previous[0], FoldResult("FINISHED", "already finished", float("nan"), []), {})
+    if previous is not None and previous[1] == RunStatus.FINISHED.value:
+        return _finished(previous[0])
     if previous is not None:
         tracker = RunTracker.resume(previous[0])
     else:
-        name = f"fold{fold}" if trial is None else f"trial{trial}-fold{fold}"
-        tracker = RunTracker.start(experiment_name(study), name, _run_tags(cfg, study, trial, fold), parent_run_id)
-        tracker.log_params({**flatten(cfg), "fold": fold})
-        tracker.log_text(dump_yaml(cfg), "config.yaml")
-        tracker.log_artifact(fd.folds_file, "folds")
+        tracker = _start(cfg, tags, trial=trial, parent_run_id=parent_run_id, folds_file=fd.folds_file)
     tracker.start_system_metrics()
-    hook = MLflowHook(tracker, registered_model_name(study),
-                      {"study": study, "trial": "none" if trial is None else str(trial), "fold": str(fold),
-                       "encoder": cfg.model.encoder, "run_id": tracker.run_id})
-    workdir = work_root() / tracker.run_id
-    trainer = FoldTrainer(cfg, fd, fold, workdir, [hook, *(extra_hooks or [])])
-    status = "KILLED"
+    template = SnapshotVersion(model=C.snapshot_model(study), run_id=tracker.run_id, study=study, trial=tags.trial,
+                               fold=fold, encoder=cfg.model.encoder, cycle=-1, val_map=math.nan, weights="", oof="")
+    hook = MLflowHook(tracker, template)
+    trainer = FoldTrainer(cfg, fd, fold, workdir=work_root() / tracker.run_id, hooks=[hook, *(extra_hooks or [])])
+    status = RunStatus.KILLED
     try:
-        with _TermAsInterrupt():
+        with term_as_interrupt():  # SIGTERM: the run is closed as KILLED, like Ctrl-C
             result = trainer.run(resume=previous is not None)
-        status = result.status
-        if result.status == "FINISHED":
-            tracker.log_metrics({"best_val_map": result.best_val_map}, trainer.total_epochs)
+        status = RunStatus.FINISHED if result.status == FoldStatus.FINISHED else RunStatus.FAILED
+        if result.status == FoldStatus.FINISHED:
+            tracker.log_metrics({C.Metric.BEST_VAL_MAP: result.best_val_map}, trainer.total_epochs)
     finally:
         tracker.end(status)
     return FoldRunInfo(tracker.run_id, result, hook.versions)

@@ -15,7 +15,7 @@ import torch
 from salt_exp.config import ScheduleConfig
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CosineCycles:
     """``cycles`` cosine cycles of ``steps_per_cycle`` steps each, from ``max_lr`` down to ``min_lr``.
 

@@ -19,7 +19,7 @@ from salt_exp.losses import DeepSupervisionLoss
 from salt_exp.models import build_model
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FoldData:
     """The train/validation split of one fold, arrays in memory."""
 
@@ -46,12 +46,13 @@ def load_fold(cfg: ExperimentConfig, fold: int) -> FoldData:
     folds = load_or_create_folds(data, d.folds_scheme, d.n_folds, d.folds_seed)
     f = folds["fold"].to_numpy()
     path = folds_path(data, d.folds_scheme, d.n_folds, d.folds_seed)
-    return FoldData(data, folds, str(path), np.flatnonzero(f != fold), np.flatnonzero(f == fold))
+    return FoldData(data=data, folds=folds, folds_file=str(path), train_idx=np.flatnonzero(f != fold),
+                    val_idx=np.flatnonzero(f == fold))
 
 
 def _subset(fd: FoldData, idx: np.ndarray, channels: str, transform=None) -> TileDataset:
     t = fd.data.train
-    return TileDataset(t.images[idx], t.masks[idx], t.depths[idx], channels, transform)
+    return TileDataset(t.images[idx], t.masks[idx], t.depths[idx], channels, transform=transform)
 
 
 def train_loader(cfg: ExperimentConfig, fd: FoldData, epoch: int) -> torch.utils.data.DataLoader:
@@ -59,7 +60,7 @@ def train_loader(cfg: ExperimentConfig, fd: FoldData, epoch: int) -> torch.utils
     seed = cfg.seed * 100_003 + epoch
     ds = _subset(fd, fd.train_idx, cfg.data.channels, build_train_transform(cfg.augment, seed))
     drop_last = len(ds) > cfg.optim.batch_size
-    loader = make_loader(ds, cfg.optim.batch_size, True, cfg.train.workers, seed, drop_last,
+    loader = make_loader(ds, cfg.optim.batch_size, True, cfg.train.workers, seed=seed, drop_last=drop_last,
                          pin_memory=torch.cuda.is_available())
     if cfg.train.max_train_batches is None:
         return loader
@@ -84,7 +85,7 @@ class _Capped:
 
 def val_loader(cfg: ExperimentConfig, fd: FoldData) -> torch.utils.data.DataLoader:
     ds = _subset(fd, fd.val_idx, cfg.data.channels)
-    return make_loader(ds, cfg.train.val_batch_size, False, cfg.train.workers, cfg.seed)
+    return make_loader(ds, cfg.train.val_batch_size, False, cfg.train.workers, seed=cfg.seed)
 
 
 def build_parts(cfg: ExperimentConfig) -> tuple[torch.nn.Module, TileAdapter, DeepSupervisionLoss]:

@@ -1,13 +1,12 @@
 """What a fold run persists between epochs, so that a killed run resumes where it stopped.
 
-Files live in the run's work folder (``mlruns/work/<run_id>/``): ``last.pt`` (the training
+Files live in the run's work folder (``salt_exp.stores.work_root() / <run_id>``): ``last.pt`` (the training
 state after the last completed epoch) and ``cycle<c>_epoch<e>.pt`` / ``.oof.npy`` (the best
 snapshot of a cycle so far and its out-of-fold probabilities). Every write is atomic.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,7 @@ import torch
 from salt_exp.io import atomic_path
 
 
-def work_root() -> Path:
-    return Path(os.environ.get("SALT_EXP_WORK") or "mlruns/work")
-
-
-@dataclass
+@dataclass(kw_only=True)
 class SnapshotRef:
     """The best epoch of one cycle so far, and where its weights and OOF probabilities are."""
 
@@ -47,7 +42,7 @@ class RunState:
     published: list[int] = field(default_factory=list)  # cycles whose snapshot was logged + registered
 
 
-def save_state(path: Path, state: RunState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def save_state(path: Path, state: RunState, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler) -> None:
     payload = {
         "state": {**asdict(state), "best": {c: asdict(s) for c, s in state.best.items()}},
@@ -71,7 +66,7 @@ def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     return RunState(**raw)
 
 
-def save_snapshot(folder: Path, cycle: int, epoch: int, model: torch.nn.Module, meta: dict[str, Any],
+def save_snapshot(folder: Path, *, cycle: int, epoch: int, model: torch.nn.Module, meta: dict[str, Any],
                   oof: np.ndarray) -> tuple[str, str]:
     """Weights (+ meta, e.g. the config) and float16 OOF probabilities of one epoch; returns both paths."""
     weights, probs = folder / f"cycle{cycle}_epoch{epoch}.pt", folder / f"cycle{cycle}_epoch{epoch}.oof.npy"

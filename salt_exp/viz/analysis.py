@@ -4,7 +4,7 @@ Groupings of the tiles, each an index per tile into a tuple of names:
 
 - coverage bins (:func:`salt_exp.metrics.coverage_bins`);
 - depth bands: equal-count bands of the tile depths, named by their depth range in feet;
-- mask types, by the annotation logic the post-processing rules copy (GUIDE sections 1-2), first match wins:
+- mask types, by the annotation logic the post-processing rules copy, first match wins:
   ``blank`` (the image is one grey value), ``empty`` (no salt), ``vertical`` (the bottom 30 rows equal the
   last row, neither empty nor full: the shape the ``vertical`` rule continues), ``cap`` (the last row is fully
   salt: the tiles below it are labelled empty) and ``other``.
@@ -18,10 +18,9 @@ import numpy as np
 
 from salt_exp.data.kaggle import blank_images
 from salt_exp.ensemble.postprocess import vertical_row
-from salt_exp.metrics import BIN_NAMES, coverage_bins, group_breakdown, image_scores, threshold_search
+from salt_exp.metrics import BIN_NAMES, CURVE_GRID, coverage_bins, group_breakdown, image_scores, threshold_search
 
 MASK_TYPES: tuple[str, ...] = ("blank", "empty", "vertical", "cap", "other")
-THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.01), 2)
 
 
 def mask_types(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -53,7 +52,7 @@ def depth_bands(depths: np.ndarray, n_bands: int = 5) -> tuple[np.ndarray, tuple
     return band, names
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Analysis:
     """Scores of final masks against the truth, with every grouping and the threshold curve."""
 
@@ -84,21 +83,21 @@ class Analysis:
 
 def fold_curves(probs: np.ndarray, truth: np.ndarray, fold: np.ndarray, tile_threshold: np.ndarray
                 ) -> list[tuple[int, float, np.ndarray]]:
-    """Per fold: (fold, the threshold its tiles got, mean score of probs > t over THRESHOLDS)."""
+    """Per fold: (fold, the threshold its tiles got, mean score of probs > t over CURVE_GRID)."""
     out = []
     for f in np.unique(fold):
         sel = fold == f
-        _, _, curve = threshold_search(probs[sel], truth[sel], THRESHOLDS)
+        _, _, curve = threshold_search(probs[sel], truth[sel], CURVE_GRID)
         out.append((int(f), float(tile_threshold[sel][0]), curve))
     return out
 
 
-def analyse(ids: np.ndarray, pred: np.ndarray, truth: np.ndarray, images: np.ndarray, depths: np.ndarray,
+def analyse(ids: np.ndarray, pred: np.ndarray, truth: np.ndarray, *, images: np.ndarray, depths: np.ndarray,
             probs: np.ndarray | None = None, used_threshold: float | None = None, n_bands: int = 5,
             fold: np.ndarray | None = None, tile_threshold: np.ndarray | None = None) -> Analysis:
     """Score the final masks ``pred`` (N, 101, 101) against ``truth`` and group the scores.
 
-    ``probs`` (N, 101, 101) adds the threshold curve of ``probs > t`` over THRESHOLDS; with ``fold``
+    ``probs`` (N, 101, 101) adds the threshold curve of ``probs > t`` over CURVE_GRID; with ``fold``
     and ``tile_threshold`` (N,) also one curve per fold (ensembles threshold each fold on its own).
     """
     scores = image_scores(pred, truth)
@@ -108,8 +107,8 @@ def analyse(ids: np.ndarray, pred: np.ndarray, truth: np.ndarray, images: np.nda
     thresholds = curve = best = None
     per_fold: list[tuple[int, float, np.ndarray]] = []
     if probs is not None:
-        best, _, curve = threshold_search(probs, truth, THRESHOLDS)
-        thresholds = THRESHOLDS
+        best, _, curve = threshold_search(probs, truth, CURVE_GRID)
+        thresholds = CURVE_GRID
         if fold is not None and tile_threshold is not None and len(np.unique(fold)) > 1:
             per_fold = fold_curves(probs, truth, fold, tile_threshold)
     return Analysis(

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from salt_exp import contract as C
+from salt_exp.contract import SnapshotVersion, Tag
 from salt_exp.errors import SaltError
 from salt_exp.io import atomic_path
 from salt_exp.metrics import image_scores
-from salt_exp.tracking import registry_versions, run_summary
-from salt_exp.viz.sources import ENSEMBLE_OOF, ensemble_oof, snapshot_predictions
+from salt_exp.tracking import ensemble_versions, run_summary, snapshot_versions
+from salt_exp.viz.sources import ensemble_oof, snapshot_predictions
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Frame:
 
     label: str
     created_ms: int
-    parts: tuple[tuple[str, str], ...]  # (run_id, oof artifact); ENSEMBLE_OOF for an ensemble run
+    parts: tuple[tuple[str, str], ...]  # (run_id, oof artifact); contract.ENSEMBLE_OOF for an ensemble run
 
 
 def study_frames(study: str) -> list[Frame]:
@@ -43,27 +45,23 @@ def study_frames(study: str) -> list[Frame]:
 
     Fold runs outside a trial are grouped by their config hash: the folds of one config form one frame.
     """
-    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    groups: dict[tuple[str, int], list[SnapshotVersion]] = defaultdict(list)
     config_of: dict[str, str] = {}
-    for v in registry_versions(f"salt-{study}"):
-        t = v["tags"]
-        if "oof" not in t or "cycle" not in t:
-            continue
-        trial = t.get("trial", "none")
-        if trial == "none" and v["run_id"] not in config_of:
-            config_of[v["run_id"]] = run_summary(v["run_id"])["tags"].get("salt.config_hash", v["run_id"])[:8]
-        who = f"trial {trial}" if trial != "none" else f"config {config_of[v['run_id']]}"
-        groups[(who, int(t["cycle"]))].append(v)
+    for v in snapshot_versions(C.snapshot_model(study)):
+        if v.trial == C.NO_TRIAL and v.run_id not in config_of:
+            config_of[v.run_id] = run_summary(v.run_id).tags.get(Tag.CONFIG_HASH, v.run_id)[:8]
+        who = f"trial {v.trial}" if v.trial != C.NO_TRIAL else f"config {config_of[v.run_id]}"
+        groups[(who, v.cycle)].append(v)
     frames = []
     for (who, cycle), vs in groups.items():
-        folds = ",".join(sorted({v["tags"].get("fold", "?") for v in vs}))
-        frames.append(Frame(f"{who} cycle {cycle} (folds {folds})", max(v["created_ms"] for v in vs),
-                            tuple((v["run_id"], v["tags"]["oof"]) for v in vs)))
-    for v in registry_versions(f"salt-{study}-ensemble"):
-        if "ensemble_run" in v["tags"]:
-            frames.append(Frame(f"ensemble v{v['version']}", v["created_ms"], ((v["tags"]["ensemble_run"], ENSEMBLE_OOF),)))
+        folds = ",".join(sorted({str(v.fold) for v in vs}))
+        frames.append(Frame(f"{who} cycle {cycle} (folds {folds})", max(v.created_ms for v in vs),
+                            tuple((v.run_id, v.oof) for v in vs)))
+    for e in ensemble_versions(C.ensemble_model(study)):
+        frames.append(Frame(f"ensemble v{e.version}", e.created_ms, ((e.ensemble_run, C.ENSEMBLE_OOF),)))
     if not frames:
-        raise SaltError(f"study {study!r} has no registered snapshots or ensembles (salt-{study}); run the study first")
+        raise SaltError(f"study {study!r} has no registered snapshots or ensembles ({C.snapshot_model(study)}); "
+                        "run the study first")
     return sorted(frames, key=lambda f: (f.created_ms, f.label))
 
 
@@ -77,7 +75,7 @@ def frame_masks(frames: Sequence[Frame], wanted: set[str], cache: Path) -> list[
         masks: dict[str, np.ndarray] = {}
         for run_id, artifact in frame.parts:
             try:
-                p = ensemble_oof(run_id, cache) if artifact == ENSEMBLE_OOF else snapshot_predictions(run_id, artifact, cache)
+                p = ensemble_oof(run_id, cache) if artifact == C.ENSEMBLE_OOF else snapshot_predictions(run_id, artifact, cache)
             except SaltError:
                 continue
             keep = np.flatnonzero(np.isin(p.ids, list(wanted)))

@@ -1,4 +1,4 @@
-"""Report figures beyond the bar charts of salt_exp.train.plots: threshold curve, worst-tile gallery."""
+"""Report figures beyond the bar charts of salt_exp.plots: threshold curve, worst-tile gallery."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def _overlay(ax, image: np.ndarray, mask: np.ndarray | None, outline: np.ndarray
     ax.set_yticks([])
 
 
-def gallery_figure(a: Analysis, rows: np.ndarray, images: np.ndarray, truth: np.ndarray, pred: np.ndarray,
+def gallery_figure(a: Analysis, rows: np.ndarray, *, images: np.ndarray, truth: np.ndarray, pred: np.ndarray,
                    depths: np.ndarray, title: str, per_row: int = 3) -> Figure:
     """Worst tiles, each as three panels: image, image + truth, image + prediction (truth faint).
 

@@ -30,7 +30,7 @@ window.addEventListener('load', function () {
 """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Section:
     id: str
     heading: str

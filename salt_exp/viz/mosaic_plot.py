@@ -62,7 +62,7 @@ def _scale(rows: int, cols: int, max_px: int) -> float:
     return float(np.clip(max_px / (max(rows, cols) * TILE), 0.2, 1.5))
 
 
-def _layers(index: MosaicIndex, mosaic_id: int, images, truth, pred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _layers(index: MosaicIndex, mosaic_id: int, *, images, truth, pred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     image = index.assemble(mosaic_id, images)  # NaN where no tile
     truth_rgba = np.zeros((*image.shape, 4), np.float32)
     truth_rgba[index.assemble(mosaic_id, truth, fill=0) != 0] = TRUTH_RGBA
@@ -121,7 +121,7 @@ def _legend(fig: Figure) -> None:
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=True, bbox_to_anchor=(0.5, 0.005))
 
 
-def render_mosaic(index: MosaicIndex, mosaic_id: int, images: Mapping[str, np.ndarray],
+def render_mosaic(index: MosaicIndex, mosaic_id: int, *, images: Mapping[str, np.ndarray],
                   truth: Mapping[str, np.ndarray], pred: Mapping[str, np.ndarray], title: str,
                   test_ids: Collection[str] = (), max_px: int = 2000, hatch_ids: Collection[str] | None = None) -> Figure:
     """Figure of one mosaic; ``truth``/``pred`` map tile id -> (101, 101) 0/1 mask (missing ids: none known).
@@ -134,7 +134,7 @@ def render_mosaic(index: MosaicIndex, mosaic_id: int, images: Mapping[str, np.nd
     tiles = [x for x in placed if x[0] in images]
     rows, cols = index.shape(mosaic_id)
     fig, ax, s = _frame(rows, cols, max_px)
-    image, truth_rgba, pred_mask = _layers(index, mosaic_id, images, truth, pred)
+    image, truth_rgba, pred_mask = _layers(index, mosaic_id, images=images, truth=truth, pred=pred)
     ax.imshow(image, cmap=plt.get_cmap("gray").with_extremes(bad=EMPTY_COLOR), vmin=0, vmax=255, interpolation="nearest")
     ax.imshow(truth_rgba, interpolation="nearest")
     if pred_mask.any():

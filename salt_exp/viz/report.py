@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from salt_exp.contract import RunSummary, Tag
 from salt_exp.data.kaggle import KaggleData
 from salt_exp.errors import SaltError
 from salt_exp.io import atomic_open
-from salt_exp.train.plots import breakdown_figure
+from salt_exp.plots import breakdown_figure
 from salt_exp.viz.analysis import MASK_TYPES, Analysis, analyse
 from salt_exp.viz.figures import gallery_figure, threshold_figure
 from salt_exp.viz.html import Section, render_page
@@ -46,11 +47,11 @@ def _rows(rows: list[dict]) -> list[dict]:
     return [{**r, "err_share": f"{100 * r['err_share']:.1f}%"} for r in rows]
 
 
-def run_context(summary: dict) -> dict[str, str]:
+def run_context(summary: RunSummary) -> dict[str, str]:
     """What made the analysed predictions, from the run's tags and params (for the summary table)."""
-    tags, params = summary["tags"], summary["params"]
-    keys = [("git commit", tags.get("mlflow.source.git.commit")), ("config hash", tags.get("salt.config_hash")),
-            ("encoder", tags.get("salt.encoder")), ("ensemble members", params.get("members")),
+    tags, params = summary.tags, summary.params
+    keys = [("git commit", tags.get(Tag.GIT_COMMIT)), ("config hash", tags.get(Tag.CONFIG_HASH)),
+            ("encoder", tags.get(Tag.ENCODER)), ("ensemble members", params.get("members")),
             ("post-processing rules applied", params.get("rules_applied")), ("threshold rule", params.get("threshold"))]
     return {k: v for k, v in keys if v}
 
@@ -63,11 +64,11 @@ def _summary(output: RunOutput, a: Analysis, context: dict[str, str]) -> Section
              ("best threshold before post-processing", "-" if a.best_threshold is None else a.best_threshold),
              ("empty tiles predicted with salt", a.empty_fp), ("salt tiles predicted empty", a.nonempty_fn),
              *context.items()]
-    return Section("summary", "Summary", "Out-of-fold tiles only: every number below is measured on tiles the "
-                   "models did not train on.", [{"what": k, "value": v} for k, v in facts])
+    return Section(id="summary", heading="Summary", text="Out-of-fold tiles only: every number below is measured on "
+                   "tiles the models did not train on.", table=[{"what": k, "value": v} for k, v in facts])
 
 
-def write_report(output: RunOutput, data: KaggleData, out_dir: Path, context: dict[str, str] | None = None,
+def write_report(output: RunOutput, data: KaggleData, out_dir: Path, *, context: dict[str, str] | None = None,
                  n_worst: int = 12, mosaic=None) -> Report:
     """Analyse ``output.oof`` against the train masks; write PNGs and ``report.html`` into ``out_dir``.
 
@@ -78,8 +79,8 @@ def write_report(output: RunOutput, data: KaggleData, out_dir: Path, context: di
     oof = output.oof
     pos = data.train.position(oof.ids)
     images, truth, depths = data.train.images[pos], data.train.masks[pos], data.train.depths[pos]
-    a = analyse(oof.ids, oof.pred, truth, images, depths, oof.probs, oof.threshold, fold=oof.fold,
-                tile_threshold=oof.tile_threshold)
+    a = analyse(oof.ids, oof.pred, truth, images=images, depths=depths, probs=oof.probs, used_threshold=oof.threshold,
+                fold=oof.fold, tile_threshold=oof.tile_threshold)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = output.label
     figs = {
@@ -93,15 +94,16 @@ def write_report(output: RunOutput, data: KaggleData, out_dir: Path, context: di
     if a.curve is not None:
         figs["threshold"] = save_png(threshold_figure(a, f"{name}: threshold curve (out-of-fold)"), out_dir / "threshold.png")
     worst = a.worst(n_worst)
-    figs["gallery"] = save_png(gallery_figure(a, worst, images, truth, oof.pred, depths, f"{name}: the {len(worst)} worst tiles"),
-                            out_dir / "worst_tiles.png")
+    figs["gallery"] = save_png(gallery_figure(a, worst, images=images, truth=truth, pred=oof.pred, depths=depths,
+                                              title=f"{name}: the {len(worst)} worst tiles"),
+                               out_dir / "worst_tiles.png")
     mosaic_id = None
     if mosaic is not None:
         index, draw = mosaic
         mosaic_id = worst_mosaic(index, a)
         if mosaic_id is not None:
             figs["mosaic"] = save_png(draw(mosaic_id), out_dir / f"mosaic_{mosaic_id}.png")
-    sections = _sections(output, a, figs, worst, depths, context or {}, mosaic_id)
+    sections = _sections(output, a, figs, worst, depths=depths, context=context or {}, mosaic_id=mosaic_id)
     page = render_page(f"Error analysis: {name}", f"salt-exp report, generated {dt.datetime.now().isoformat(timespec='seconds')}",
                        sections)
     html_path = out_dir / "report.html"
@@ -120,7 +122,7 @@ def worst_mosaic(index, a: Analysis) -> int | None:
     return min(err, key=lambda m: (-err[m], m)) if err else None
 
 
-def _sections(output: RunOutput, a: Analysis, figs: dict[str, Path], worst: np.ndarray, depths: np.ndarray,
+def _sections(output: RunOutput, a: Analysis, figs: dict[str, Path], worst: np.ndarray, *, depths: np.ndarray,
               context: dict[str, str], mosaic_id: int | None) -> list[Section]:
     thr_text = ("Mean score of the stored probabilities thresholded at t, before post-processing; the red line is "
                 "the score of the final masks.") if a.curve is not None else "No probabilities stored: no curve."
@@ -128,19 +130,22 @@ def _sections(output: RunOutput, a: Analysis, figs: dict[str, Path], worst: np.n
                      "depth (ft)": f"{depths[i]:.0f}"} for i in worst]
     out = [
         _summary(output, a, context),
-        Section("coverage", "By salt coverage", "Share of the error: the bin's part of the sum of (1 - score).",
-                _rows(a.coverage), [(figs["coverage"], "mean score and share of the error per coverage bin")]),
-        Section("depth", "By depth band", "Bands hold about equally many tiles.", _rows(a.depth),
-                [(figs["depth"], "mean score and share of the error per depth band")]),
-        Section("mask-type", "By mask type", "blank: one-value image; empty: no salt; vertical: bottom 30 rows equal, "
-                "neither empty nor full; cap: last row all salt; other: the rest (first match wins).", _rows(a.types),
-                [(figs["mask-type"], "mean score and share of the error per mask type")]),
-        Section("threshold", "Threshold curve", thr_text, [],
-                [(figs["threshold"], "score against the probability threshold")] if "threshold" in figs else []),
-        Section("gallery", "Worst tiles", "Lowest-scoring tiles, ties by id.", gallery_rows,
-                [(figs["gallery"], "worst tiles: image, truth, prediction")]),
+        Section(id="coverage", heading="By salt coverage",
+                text="Share of the error: the bin's part of the sum of (1 - score).", table=_rows(a.coverage),
+                figures=[(figs["coverage"], "mean score and share of the error per coverage bin")]),
+        Section(id="depth", heading="By depth band", text="Bands hold about equally many tiles.", table=_rows(a.depth),
+                figures=[(figs["depth"], "mean score and share of the error per depth band")]),
+        Section(id="mask-type", heading="By mask type",
+                text="blank: one-value image; empty: no salt; vertical: bottom 30 rows equal, "
+                "neither empty nor full; cap: last row all salt; other: the rest (first match wins).",
+                table=_rows(a.types), figures=[(figs["mask-type"], "mean score and share of the error per mask type")]),
+        Section(id="threshold", heading="Threshold curve", text=thr_text, table=[],
+                figures=[(figs["threshold"], "score against the probability threshold")] if "threshold" in figs else []),
+        Section(id="gallery", heading="Worst tiles", text="Lowest-scoring tiles, ties by id.", table=gallery_rows,
+                figures=[(figs["gallery"], "worst tiles: image, truth, prediction")]),
     ]
     if mosaic_id is not None:
-        out.append(Section("mosaic", f"Mosaic {mosaic_id}", "The mosaic whose analysed tiles hold the most error.", [],
-                           [(figs["mosaic"], f"mosaic {mosaic_id} with truth, prediction and tile scores")]))
+        out.append(Section(id="mosaic", heading=f"Mosaic {mosaic_id}",
+                           text="The mosaic whose analysed tiles hold the most error.", table=[],
+                           figures=[(figs["mosaic"], f"mosaic {mosaic_id} with truth, prediction and tile scores")]))
     return out

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from salt_exp import contract as C
+from salt_exp.contract import Role, RunSummary, SnapshotVersion, Tag
 from salt_exp.errors import SaltError
 from salt_exp.scoring import read_masks
-from salt_exp.tracking import alias_version, artifact_paths, download_run_artifact, registry_versions, run_summary
-
-ENSEMBLE_OOF = "ensemble/oof.npz"
+from salt_exp.tracking import alias_version, artifact_paths, fetch_artifact, run_summary, snapshot_versions
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Predictions:
     """Final masks for some tiles, with the probabilities behind them where they were stored."""
 
@@ -38,7 +38,7 @@ class Predictions:
         return dict(zip(self.ids.tolist(), self.pred, strict=True))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunOutput:
     """What one run (or file) predicted: out-of-fold train tiles and/or test tiles."""
 
@@ -57,88 +57,83 @@ class RunOutput:
 
 
 def data_root_of(run_id: str) -> str | None:
-    """The dataset a fold run (tag salt.data_root) or an ensemble run (param data_root) used."""
-    summary = run_summary(run_id)
-    return summary["tags"].get("salt.data_root") or summary["params"].get("data_root")
-
-
-def _fetch(run_id: str, artifact: str, cache: Path) -> Path:
-    local = cache / run_id / artifact
-    if not local.exists():
-        local.parent.mkdir(parents=True, exist_ok=True)
-        download_run_artifact(run_id, artifact, local.parent)
-    return local
+    """The dataset a fold run (tag) or an ensemble run (param) used."""
+    return run_summary(run_id).data_root
 
 
 def snapshot_predictions(run_id: str, oof_artifact: str, cache: Path, threshold: float = 0.5) -> Predictions:
     """A snapshot's stored out-of-fold probabilities, thresholded (``probs > threshold``)."""
-    with np.load(_fetch(run_id, oof_artifact, cache), allow_pickle=False) as z:
-        ids, probs = z["ids"].astype(str), z["probs"]
-    return Predictions(ids, probs > threshold, probs, threshold)
+    ids, probs = C.read_snapshot_oof(fetch_artifact(run_id, oof_artifact, cache))
+    return Predictions(ids=ids.astype(str), pred=probs > threshold, probs=probs, threshold=threshold)
 
 
 def ensemble_oof(run_id: str, cache: Path) -> Predictions:
-    """The ensemble run's stored OOF output (see salt_exp.ensemble.track.save_oof)."""
-    if ENSEMBLE_OOF not in artifact_paths(run_id, "ensemble"):
-        raise SaltError(f"ensemble run {run_id} has no {ENSEMBLE_OOF} (built before ensembles stored their OOF "
+    """The ensemble run's stored OOF output (``contract.EnsembleOOF``)."""
+    if C.ENSEMBLE_OOF not in artifact_paths(run_id, C.ENSEMBLE_DIR):
+        raise SaltError(f"ensemble run {run_id} has no {C.ENSEMBLE_OOF} (built before ensembles stored their OOF "
                         "output); build it again with `salt-exp ensemble --study <name>`")
-    with np.load(_fetch(run_id, ENSEMBLE_OOF, cache), allow_pickle=False) as z:
-        ids, probs, thr = z["ids"].astype(str), z["probs"], z["threshold"]
-        pred = np.unpackbits(z["pred"], axis=-1, count=probs.shape[-1]).astype(bool)
-        fold = z["fold"].astype(np.int64)
-    return Predictions(ids, pred, probs, float(thr.mean()) if len(thr) else None, fold, thr)
+    oof = C.read_ensemble_oof(fetch_artifact(run_id, C.ENSEMBLE_OOF, cache))
+    mean_thr = float(oof.threshold.mean()) if len(oof.threshold) else None
+    return Predictions(ids=oof.ids, pred=oof.pred, probs=oof.probs, threshold=mean_thr, fold=oof.fold,
+                       tile_threshold=oof.threshold)
 
 
-def _fold_output(run_id: str, summary: dict, cache: Path, cycle: int | None) -> RunOutput:
-    tags = summary["tags"]
-    versions = [v for v in registry_versions(f"salt-{tags.get('salt.study', 'adhoc')}") if v["run_id"] == run_id]
+def _pick_snapshot(run_id: str, versions: list[SnapshotVersion], cycle: int | None) -> SnapshotVersion:
+    if cycle is None:
+        return max(versions, key=lambda v: (v.val_map, -v.cycle))
+    chosen = next((v for v in versions if v.cycle == cycle), None)
+    if chosen is None:
+        raise SaltError(f"--cycle {cycle}: run {run_id} has snapshots of cycles {sorted(v.cycle for v in versions)}")
+    return chosen
+
+
+def _fold_output(summary: RunSummary, cache: Path, cycle: int | None) -> RunOutput:
+    run_id, tags = summary.run_id, summary.tags
+    study = tags.get(Tag.STUDY, C.ADHOC)
+    versions = [v for v in snapshot_versions(C.snapshot_model(study)) if v.run_id == run_id]
     if not versions:
         raise SaltError(f"--run {run_id}: this fold run registered no snapshot (did it finish a cycle?)")
-    if cycle is None:
-        chosen = max(versions, key=lambda v: (float(v["tags"]["val_map"]), -int(v["tags"]["cycle"])))
-    else:
-        chosen = next((v for v in versions if int(v["tags"]["cycle"]) == cycle), None)
-        if chosen is None:
-            have = sorted(int(v["tags"]["cycle"]) for v in versions)
-            raise SaltError(f"--cycle {cycle}: run {run_id} has snapshots of cycles {have}")
-    c = int(chosen["tags"]["cycle"])
-    label = f"{tags.get('salt.study', '?')} trial {tags.get('salt.trial', 'none')} fold {tags.get('salt.fold')} cycle {c}"
-    oof = snapshot_predictions(run_id, chosen["tags"]["oof"], cache)
-    return RunOutput(label, run_id, "fold", tags.get("salt.data_root"), oof, None)
+    chosen = _pick_snapshot(run_id, versions, cycle)
+    label = f"{study} trial {tags.get(Tag.TRIAL, C.NO_TRIAL)} fold {tags.get(Tag.FOLD)} cycle {chosen.cycle}"
+    oof = snapshot_predictions(run_id, chosen.oof, cache)
+    return RunOutput(label=label, run_id=run_id, role=Role.FOLD.value, data_root=summary.data_root, oof=oof, test=None)
 
 
-def _ensemble_output(run_id: str, summary: dict, cache: Path) -> RunOutput:
-    subs = [p for p in artifact_paths(run_id, "ensemble") if p.endswith(".csv")]
+def _ensemble_output(summary: RunSummary, cache: Path) -> RunOutput:
+    run_id = summary.run_id
+    subs = [p for p in artifact_paths(run_id, C.ENSEMBLE_DIR) if p.endswith(".csv")]
     test = None
     if subs:
-        ids, masks = read_masks(_fetch(run_id, subs[0], cache))
-        test = Predictions(ids, masks.astype(bool))
-    study = summary["tags"].get("salt.study", "?")
-    return RunOutput(f"{study} ensemble (run {run_id[:8]})", run_id, "ensemble", summary["params"].get("data_root"),
-                     ensemble_oof(run_id, cache), test)
+        ids, masks = read_masks(fetch_artifact(run_id, subs[0], cache))
+        test = Predictions(ids=ids, pred=masks.astype(bool))
+    study = summary.study or "?"
+    return RunOutput(label=f"{study} ensemble (run {run_id[:8]})", run_id=run_id, role=Role.ENSEMBLE.value,
+                     data_root=summary.data_root, oof=ensemble_oof(run_id, cache), test=test)
 
 
 def run_output(run_id: str, cache: Path, cycle: int | None = None) -> RunOutput:
     """Predictions of a fold run (its best or given cycle) or of an ensemble run."""
     summary = run_summary(run_id)
-    role = summary["tags"].get("salt.role")
-    if role == "fold":
-        return _fold_output(run_id, summary, cache, cycle)
-    if role == "ensemble":
-        return _ensemble_output(run_id, summary, cache)
-    raise SaltError(f"--run {run_id}: a {role or 'non-salt-exp'} run; expected a fold run or an ensemble run")
+    if summary.role == Role.FOLD.value:
+        return _fold_output(summary, cache, cycle)
+    if summary.role == Role.ENSEMBLE.value:
+        return _ensemble_output(summary, cache)
+    raise SaltError(f"--run {run_id}: a {summary.role or 'non-salt-exp'} run; expected a fold run or an ensemble run")
 
 
 def submission_output(path: str | Path) -> RunOutput:
     """Test masks of a submission CSV (id,rle_mask)."""
     ids, masks = read_masks(path)
-    return RunOutput(Path(path).name, None, "submission", None, None, Predictions(ids, masks.astype(bool)))
+    return RunOutput(label=Path(path).name, run_id=None, role="submission", data_root=None, oof=None,
+                     test=Predictions(ids=ids, pred=masks.astype(bool)))
 
 
 def champion_run(study: str) -> str:
-    """Run id of the study's ensemble behind the alias ``champion`` of ``salt-<study>-ensemble``."""
-    v = alias_version(f"salt-{study}-ensemble", "champion")
-    if v is None or "ensemble_run" not in v["tags"]:
-        raise SaltError(f"study {study!r} has no champion ensemble (alias champion of salt-{study}-ensemble); "
+    """Run id of the study's ensemble behind the alias ``champion`` of its ensemble model."""
+    model = C.ensemble_model(study)
+    v = alias_version(model, C.CHAMPION)
+    record = C.EnsembleVersion.from_version(v) if v is not None else None
+    if record is None:
+        raise SaltError(f"study {study!r} has no champion ensemble (alias {C.CHAMPION} of {model}); "
                         f"build one with `make ensemble NAME={study}`")
-    return v["tags"]["ensemble_run"]
+    return record.ensemble_run

@@ -1,0 +1,387 @@
+"""The MLflow contract: every name, tag key, artifact path and record that train, study, ensemble and
+viz share. It is the interface between them; writers and readers both use what is defined here.
+
+To add a tag: add its key to :class:`Tag` (or a field to a record with its ``to_tags`` and
+``from_tags``); to add an artifact: add its path here. Nothing else spells them. This module imports
+no MLflow and no torch: records are built from plain values by ``salt_exp.tracking``.
+
+Runs (experiment ``salt/<study>``):
+
+- fold run (``salt.role=fold``): one fold of one config (:class:`FoldRunTags`), metrics per epoch,
+  one snapshot per cosine cycle under ``snapshots/cycle_<c>/``;
+- trial run (``salt.role=trial``): a parent of fold runs (:class:`TrialRunTags`), ``cv_map``;
+- ensemble run (``salt.role=ensemble``): members, OOF scores, the submission, ``ensemble/oof.npz``.
+
+Registry: each snapshot is a version of ``salt-<study>`` (:class:`SnapshotVersion` tags), each
+ensemble a version of ``salt-<study>-ensemble`` (:class:`EnsembleVersion`), the newest with the
+alias ``champion``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# ---------------------------------------------------------------- names
+
+ADHOC = "adhoc"  # the study of fold runs started outside a study
+NO_TRIAL = "none"  # the trial tag of a fold run outside a trial
+CHAMPION = "champion"  # alias of the ensemble version ensembles and figures use by default
+
+
+def experiment_name(study: str) -> str:
+    return f"salt/{study}"
+
+
+def snapshot_model(study: str) -> str:
+    """The registered model whose versions are the study's cycle snapshots."""
+    return f"salt-{study}"
+
+
+def ensemble_model(study: str) -> str:
+    """The registered model whose versions are the study's ensembles."""
+    return f"salt-{study}-ensemble"
+
+
+def trial_label(trial: int | None) -> str:
+    return NO_TRIAL if trial is None else str(trial)
+
+
+class Tag:
+    """Run tag keys."""
+
+    STUDY = "salt.study"
+    TRIAL = "salt.trial"  # a trial's MLflow trial number (a resumed trial keeps the first attempt's)
+    FOLD = "salt.fold"
+    ROLE = "salt.role"
+    CONFIG_HASH = "salt.config_hash"
+    ENCODER = "salt.encoder"
+    DATA_ROOT = "salt.data_root"
+    STATUS = "salt.status"  # fold runs: FoldStatus; trial runs: TrialState
+    FAILURE = "salt.failure"
+    LR_FIND_REASON = "salt.lr_find_reason"
+    STUDY_UID = "salt.study_uid"
+    OPTUNA_TRIAL = "salt.optuna_trial"  # the latest Optuna attempt of a trial
+    DURATION_S = "salt.duration_s"
+    GIT_COMMIT = "mlflow.source.git.commit"
+    PARENT_RUN = "mlflow.parentRunId"
+    LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"  # MLflow's own list of table artifacts (UI)
+
+
+class Role(StrEnum):
+    FOLD = "fold"
+    TRIAL = "trial"
+    ENSEMBLE = "ensemble"
+
+
+class RunStatus(StrEnum):
+    """MLflow's run statuses as this project ends runs."""
+
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+
+class FoldStatus(StrEnum):
+    """``salt.status`` of a fold run: how its training ended."""
+
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"  # non-finite loss; the reason in salt.failure
+    PRUNED = "PRUNED"  # stopped by the study's pruner
+
+
+class TrialState(StrEnum):
+    """``salt.status`` of a trial run (Optuna's vocabulary plus INTERRUPTED)."""
+
+    RUNNING = "RUNNING"
+    COMPLETE = "COMPLETE"
+    PRUNED = "PRUNED"
+    FAIL = "FAIL"
+    INTERRUPTED = "INTERRUPTED"
+
+
+class TrialAttr:
+    """Optuna trial user attributes (the study storage's side of the contract)."""
+
+    WORKER = "salt.worker"  # host:pid:process start time of the worker running it
+    HEARTBEAT = "salt.heartbeat"
+    MLFLOW_TRIAL = Tag.TRIAL
+    RESUME_OF = "salt.resume_of"
+    FAILURE = Tag.FAILURE
+    SKIPPED = "salt.skipped"
+    PARENT_RUN_ID = "salt.parent_run_id"
+
+    @staticmethod
+    def fold_map(fold: int) -> str:
+        return f"salt.fold{fold}_map"
+
+    @staticmethod
+    def parse_fold_map(key: str) -> int | None:
+        """The fold of a ``salt.fold<k>_map`` key, None for any other key."""
+        head, tail = "salt.fold", "_map"
+        if key.startswith(head) and key.endswith(tail) and key[len(head):-len(tail)].isdigit():
+            return int(key[len(head):-len(tail)])
+        return None
+
+
+STUDY_UID_ATTR = Tag.STUDY_UID  # Optuna study user attribute: the uid trial runs are tagged with
+OLD_STUDY_UID_ATTR = "salt.uid"  # the same attribute in studies created before it was renamed
+
+
+class Metric:
+    """Metric keys read by more than one module (per-epoch keys are documented in README)."""
+
+    VAL_MAP = "val_map"
+    BEST_VAL_MAP = "best_val_map"
+    SNAPSHOT_VAL_MAP = "snapshot_val_map"
+    SNAPSHOT_EPOCH = "snapshot_epoch"
+    CV_MAP = "cv_map"
+
+    @staticmethod
+    def fold_map(fold: int) -> str:
+        return f"fold{fold}_map"
+
+
+# ---------------------------------------------------------------- artifact paths
+
+CONFIG_FILE = "config.yaml"
+FOLDS_DIR = "folds"
+LR_FIND_PNG = "lr_find.png"
+COVERAGE_TABLE = "coverage_bins.json"  # run root: every cycle so far; snapshot folder: that cycle
+COVERAGE_PNG = "coverage_bins.png"
+SNAPSHOT_OOF_FILE = "oof.npz"
+ENSEMBLE_DIR = "ensemble"
+ENSEMBLE_MEMBERS = "ensemble/members.json"
+ENSEMBLE_OOF = "ensemble/oof.npz"
+ENSEMBLE_OOF_TABLE = "oof_coverage_bins.json"
+ENSEMBLE_PP_TABLE = "postprocess_gains.json"
+VIZ_DIR = "viz"
+REPORT_DIR = "report"
+
+
+def snapshot_dir(cycle: int) -> str:
+    return f"snapshots/cycle_{cycle}"
+
+
+def snapshot_oof(cycle: int) -> str:
+    return f"{snapshot_dir(cycle)}/{SNAPSHOT_OOF_FILE}"
+
+
+def snapshot_weights(cycle: int, weights_file: str) -> str:
+    return f"{snapshot_dir(cycle)}/{Path(weights_file).name}"
+
+
+# ---------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSummary:
+    """What a query returns of a run: ids, status, times (ms), experiment, tags, params, metrics."""
+
+    run_id: str
+    experiment: str
+    status: str
+    start_ms: int = 0
+    end_ms: int = 0
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def role(self) -> str | None:
+        return self.tags.get(Tag.ROLE)
+
+    @property
+    def study(self) -> str | None:
+        return self.tags.get(Tag.STUDY)
+
+    @property
+    def data_root(self) -> str | None:
+        """The dataset the run used: a fold run's tag, an ensemble run's param."""
+        return self.tags.get(Tag.DATA_ROOT) or self.params.get("data_root")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegistryVersion:
+    """One registered model version as stored, before its tags are read as a record."""
+
+    name: str
+    version: str
+    run_id: str
+    source: str
+    tags: dict[str, str] = field(default_factory=dict)
+    created_ms: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class FoldRunTags:
+    """The tags a fold run starts with; ``resume_keys`` find it again to continue it."""
+
+    study: str
+    trial: str
+    fold: int
+    config_hash: str
+    encoder: str
+    data_root: str
+
+    def to_tags(self) -> dict[str, str]:
+        return {Tag.STUDY: self.study, Tag.TRIAL: self.trial, Tag.FOLD: str(self.fold), Tag.ROLE: Role.FOLD.value,
+                Tag.CONFIG_HASH: self.config_hash, Tag.ENCODER: self.encoder, Tag.DATA_ROOT: self.data_root}
+
+    def resume_filter(self) -> str:
+        """MLflow filter for earlier runs of this study/trial/fold/config."""
+        tags = self.to_tags()
+        return " and ".join(f"tags.`{k}` = '{tags[k]}'" for k in (Tag.TRIAL, Tag.FOLD, Tag.CONFIG_HASH, Tag.ROLE))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialRunTags:
+    study: str
+    study_uid: str
+    trial: int
+
+    def to_tags(self) -> dict[str, str]:
+        return {Tag.ROLE: Role.TRIAL.value, Tag.STUDY: self.study, Tag.STUDY_UID: self.study_uid,
+                Tag.TRIAL: str(self.trial)}
+
+    def find_filter(self) -> str:
+        return (f"tags.`{Tag.ROLE}` = '{Role.TRIAL.value}' and tags.`{Tag.STUDY_UID}` = '{self.study_uid}' "
+                f"and tags.`{Tag.TRIAL}` = '{self.trial}'")
+
+
+def ensemble_run_tags(study: str) -> dict[str, str]:
+    return {Tag.ROLE: Role.ENSEMBLE.value, Tag.STUDY: study}
+
+
+SNAPSHOT_REQUIRED = ("fold", "cycle", "val_map", "oof", "weights")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SnapshotVersion:
+    """One registered cycle snapshot: where its weights and out-of-fold probabilities live.
+
+    ``version`` is empty until registered; ``created_ms`` is the registry's creation time.
+    """
+
+    model: str
+    version: str = ""
+    run_id: str
+    study: str = ADHOC
+    trial: str = NO_TRIAL
+    fold: int
+    cycle: int
+    epoch: int = -1
+    val_map: float
+    val_best_thr: float = 0.5
+    encoder: str = "?"
+    weights: str  # artifact path inside run_id
+    oof: str  # artifact path inside run_id
+    created_ms: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}/v{self.version}"
+
+    def to_tags(self) -> dict[str, str]:
+        return {"study": self.study, "trial": self.trial, "fold": str(self.fold), "encoder": self.encoder,
+                "run_id": self.run_id, "cycle": str(self.cycle), "epoch": str(self.epoch),
+                "val_map": f"{self.val_map:.6f}", "val_best_thr": str(self.val_best_thr), "weights": self.weights,
+                "oof": self.oof}
+
+    @classmethod
+    def from_version(cls, v: RegistryVersion) -> SnapshotVersion | None:
+        """The snapshot a version records, or None when its tags are not a snapshot's."""
+        t = v.tags
+        if not all(k in t for k in SNAPSHOT_REQUIRED):
+            return None
+        return cls(model=v.name, version=v.version, run_id=v.run_id, study=t.get("study", ADHOC),
+                   trial=t.get("trial", NO_TRIAL), fold=int(t["fold"]), cycle=int(t["cycle"]),
+                   epoch=int(t.get("epoch", -1)), val_map=float(t["val_map"]),
+                   val_best_thr=float(t.get("val_best_thr", 0.5)), encoder=t.get("encoder", "?"),
+                   weights=t["weights"], oof=t["oof"], created_ms=v.created_ms)
+
+    def member_row(self) -> dict[str, Any]:
+        """The row of ``ensemble/members.json``."""
+        return {"key": self.key, "run_id": self.run_id, "fold": self.fold, "cycle": self.cycle,
+                "val_map": self.val_map, "encoder": self.encoder, "trial": self.trial}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnsembleVersion:
+    """One registered ensemble: its run, the member versions it pins and its scores."""
+
+    model: str
+    version: str = ""
+    study: str
+    ensemble_run: str
+    members: tuple[str, ...]  # SnapshotVersion keys
+    oof_map: float
+    rules: tuple[str, ...] = ()
+    created_ms: int = 0
+
+    def to_tags(self) -> dict[str, str]:
+        return {"study": self.study, "members": json.dumps(list(self.members)), "oof_map": f"{self.oof_map:.6f}",
+                "rules": ",".join(self.rules) or "none", "ensemble_run": self.ensemble_run}
+
+    @classmethod
+    def from_version(cls, v: RegistryVersion) -> EnsembleVersion | None:
+        t = v.tags
+        if "ensemble_run" not in t:
+            return None
+        rules = () if t.get("rules", "none") == "none" else tuple(t["rules"].split(","))
+        return cls(model=v.name, version=v.version, study=t.get("study", "?"), ensemble_run=t["ensemble_run"],
+                   members=tuple(json.loads(t.get("members", "[]"))), oof_map=float(t.get("oof_map", "nan")),
+                   rules=rules, created_ms=v.created_ms)
+
+
+# ---------------------------------------------------------------- stored arrays and tables
+
+
+def write_snapshot_oof(path: Path, ids: np.ndarray, probs: np.ndarray) -> Path:
+    """A snapshot's ``oof.npz``: validation ``ids`` and float16 ``probs`` (N, 101, 101)."""
+    np.savez_compressed(path, ids=ids, probs=probs.astype(np.float16))
+    return path
+
+
+def read_snapshot_oof(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return z["ids"], z["probs"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnsembleOOF:
+    """``ensemble/oof.npz``: what an ensemble predicted out of fold, so analyses never recompute it."""
+
+    ids: np.ndarray  # (N,) str
+    probs: np.ndarray  # (N, 101, 101) float16 mean probabilities
+    threshold: np.ndarray  # (N,) float32 threshold each tile got (its fold's)
+    fold: np.ndarray  # (N,) int
+    pred: np.ndarray  # (N, 101, 101) bool: masks after the applied post-processing rules
+
+
+def write_ensemble_oof(path: Path, oof: EnsembleOOF) -> Path:
+    np.savez_compressed(path, ids=oof.ids, probs=oof.probs.astype(np.float16),
+                        threshold=oof.threshold.astype(np.float32), fold=oof.fold.astype(np.int16),
+                        pred=np.packbits(oof.pred.astype(bool), axis=-1))  # bit-packed rows
+    return path
+
+
+def read_ensemble_oof(path: Path) -> EnsembleOOF:
+    with np.load(path, allow_pickle=False) as z:
+        probs = z["probs"]
+        pred = np.unpackbits(z["pred"], axis=-1, count=probs.shape[-1]).astype(bool)
+        return EnsembleOOF(ids=z["ids"].astype(str), probs=probs, threshold=z["threshold"],
+                           fold=z["fold"].astype(np.int64), pred=pred)
+
+
+def table_json(columns: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """A column mapping in MLflow's table format (``{"columns": [...], "data": [[...], ...]}``)."""
+    names = list(columns)
+    rows = [list(r) for r in zip(*(columns[n] for n in names), strict=True)]
+    return {"columns": names, "data": rows}

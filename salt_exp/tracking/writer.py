@@ -1,0 +1,147 @@
+"""The run writer: one MLflow run's params, metrics by step, tags, artifacts and registry versions.
+
+Writes are replay-safe where the contract needs it: params already logged are skipped (they are
+immutable), a table artifact is replaced whole (MLflow's own ``log_table`` appends rows to an
+existing file, which a resumed run would duplicate), and a registry version is created once per key.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from salt_exp.contract import Tag, table_json
+from salt_exp.stores import tracking_uri
+from salt_exp.tracking.git import git_commit
+from salt_exp.tracking.store import client, experiment_id
+
+
+class RunTracker:
+    """One MLflow run: params, metrics by step, artifacts, tags, registry versions."""
+
+    def __init__(self, c: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id = c, run_id
+        self._monitor: Any = None
+
+    @classmethod
+    def start(cls, experiment: str, run_name: str, tags: Mapping[str, str],
+              parent_run_id: str | None = None) -> RunTracker:
+        c = client()
+        all_tags = {Tag.GIT_COMMIT: git_commit(), **tags}
+        if parent_run_id:
+            all_tags[Tag.PARENT_RUN] = parent_run_id
+        run = c.create_run(experiment_id(experiment), run_name=run_name, tags=all_tags)
+        return cls(c, run.info.run_id)
+
+    @classmethod
+    def attach(cls, run_id: str) -> RunTracker:
+        """Log into an existing run (finished or not) without changing its status: analyses added later."""
+        return cls(client(), run_id)
+
+    @classmethod
+    def resume(cls, run_id: str) -> RunTracker:
+        c = client()
+        c.update_run(run_id, status="RUNNING")
+        return cls(c, run_id)
+
+    @property
+    def artifact_uri(self) -> str:
+        return self.client.get_run(self.run_id).info.artifact_uri
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Params (values cut to MLflow's 6000 characters), in batches of 100."""
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        logged = self.client.get_run(self.run_id).data.params
+        items = [p for p in items if p.key not in logged]  # params are immutable: resume must not re-log
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+
+    def metric_steps(self, key: str) -> list[int]:
+        return sorted(m.step for m in self.client.get_metric_history(self.run_id, key))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def tags(self) -> dict[str, str]:
+        return dict(self.client.get_run(self.run_id).data.tags)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_json(self, obj: Any, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, json.dumps(obj, indent=2, default=str), artifact_file)
+
+    def log_table(self, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
+        """A table artifact in MLflow's format, replacing any earlier file (so a replay leaves one copy)."""
+        self.log_text(json.dumps(table_json(columns), default=str), artifact_file)
+        listed = json.loads(self.tags().get(Tag.LOGGED_ARTIFACTS, "[]"))
+        entry = {"path": artifact_file, "type": "table"}  # what MLflow's UI reads to show the table
+        if entry not in listed:
+            self.set_tags({Tag.LOGGED_ARTIFACTS: json.dumps([*listed, entry])})
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def artifact_exists(self, artifact_path: str) -> bool:
+        parent = str(Path(artifact_path).parent)
+        listed = self.client.list_artifacts(self.run_id, None if parent == "." else parent)
+        return any(f.path == artifact_path for f in listed)
+
+    def start_system_metrics(self, interval: float = 10.0) -> None:
+        """CPU/memory/disk (and GPU when nvml is present) as ``system/*`` metrics, resuming their steps."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        try:
+            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval, resume_logging=True,
+                                                 tracking_uri=tracking_uri())
+            self._monitor.start()
+        except Exception:  # noqa: BLE001 - monitoring is best effort, never a reason to fail a run
+            self._monitor = None
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
+        self.client.set_terminated(self.run_id, status=str(getattr(status, "value", status)))
+
+    def register_version(self, model_name: str, artifact_path: str, tags: Mapping[str, Any],
+                         key_tag: str = "cycle") -> str:
+        """Register ``artifact_path`` of this run as a version of ``model_name``, exactly once.
+
+        A version of this run whose ``key_tag`` matches is returned instead of creating a second
+        one, so a resumed run never registers a snapshot twice.
+        """
+        try:
+            self.client.create_registered_model(model_name)
+        except MlflowException:
+            pass  # already exists
+        for v in self.client.search_model_versions(f"name='{model_name}' and run_id='{self.run_id}'"):
+            if v.tags.get(key_tag) == str(tags.get(key_tag)):
+                return str(v.version)
+        source = f"{self.artifact_uri}/{artifact_path}"
+        version = self.client.create_model_version(model_name, source=source, run_id=self.run_id,
+                                                   tags={k: str(v) for k, v in tags.items()})
+        return str(version.version)
+
+
+def temp_dir() -> tempfile.TemporaryDirectory:
+    """A scratch folder for files that are uploaded and then dropped."""
+    return tempfile.TemporaryDirectory(prefix="salt-exp-")
+
