@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv test data check train study dashboard ensemble report viz ui lint bench clean-cache
+.PHONY: venv test data check train cv study dashboard ensemble report viz ui lint bench bench-precision clean-cache
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ CONFIG ?= configs/tiny.yaml
 FOLD   ?= 0
 train: data  ## one fold run of CONFIG on DATA, logged to MLflow (default: the tiny CPU config)
 	$(BIN)/salt-exp train $(CONFIG) --fold $(FOLD) --set data.root=$(DATA) $(if $(STUDY),--study $(STUDY),)
+
+cv: data  ## cross-validate CONFIG on DATA (FOLDS=0-4, default every fold; STUDY, CV_ARGS): cv run + nested fold runs, resumable
+	$(BIN)/salt-exp cv $(CONFIG) --set data.root=$(DATA) $(if $(FOLDS),--folds $(FOLDS),) $(if $(STUDY),--study $(STUDY),) $(CV_ARGS)
 
 NAME    ?= quickstart
 WORKERS ?= 1
@@ -61,13 +64,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check salt_exp tests benchmarks
 
 bench: data  ## benchmarks; results go to docs/BENCHMARKS.md by hand
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_train.py --data $(DATA)
 	$(BIN)/python benchmarks/bench_predict.py
 	$(BIN)/python benchmarks/bench_jigsaw.py
 	$(BIN)/python benchmarks/bench_viz.py --data $(DATA)
-	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
 	$(BIN)/python benchmarks/bench_models.py
+
+bench-precision: data  ## fp32 vs bf16: side-by-side speed against the smp peer, then val_map over 3 seeds (~10 min)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
+	$(BIN)/python benchmarks/bench_train.py --precision-table
+	$(BIN)/python benchmarks/bench_precision_accuracy.py --data $(DATA)
 
 clean-cache:  ## drop the dataset cache and the artifacts downloaded for figures
 	rm -rf $${SALT_EXP_CACHE:-$$HOME/.cache/salt-exp} $${SALT_EXP_WORK:-mlruns/work}/viz-cache

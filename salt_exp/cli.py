@@ -81,6 +81,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if r.status == "FINISHED" else 1
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    from salt_exp.config import load_config
+    from salt_exp.cv import parse_folds, run_cv
+
+    cfg = load_config(args.config, args.set)
+    r = run_cv(cfg, folds=parse_folds(args.folds, cfg.data.n_folds), study=args.study)
+    print(f"cv run {r.run_id} (study {r.study}): cv_map {r.cv_map:.4f} +- {r.cv_map_sd:.4f}; OOF mAP {r.oof_map:.4f}; "
+          f"trained now: {r.trained or 'none (all folds had finished)'}")
+    for fold, value in r.fold_maps.items():
+        print(f"  fold {fold}: {value:.4f} (run {r.fold_runs[fold]})")
+    print(f"{'bin':>8} {'count':>6} {'score':>8} {'err share':>10}")
+    for b in r.bins:
+        print(f"{b['bin']:>8} {b['count']:>6} {b['mean_score']:>8.4f} {b['err_share']:>10.1%}")
+    return 0
+
+
 def _print_ensemble(outcome) -> None:
     from salt_exp.contract import CHAMPION, ensemble_model
 
@@ -245,6 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default=ADHOC, help="experiment salt/<study> and registered model salt-<study>")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run of this study/fold/config")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cv", help="cross-validate one config: a cv run with one nested fold run per fold, resumable")
+    p.add_argument("config", help="experiment YAML (may use extends:)")
+    p.add_argument("--folds", default=None, help="e.g. 0-4 or 0,2,3 (default: every fold of data.n_folds)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
+    p.add_argument("--study", default=None, help="experiment salt/<study> and registered model salt-<study> "
+                   "(default: the config's name, or cv)")
+    p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("study", help="run (or resume) an Optuna study of fold runs, tracked in MLflow")
     p.add_argument("file", help="studies/<name>.yaml (the study is named after the file)")

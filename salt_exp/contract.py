@@ -10,6 +10,8 @@ Runs (experiment ``salt/<study>``):
 - fold run (``salt.role=fold``): one fold of one config (:class:`FoldRunTags`), metrics per epoch,
   one snapshot per cosine cycle under ``snapshots/cycle_<c>/``;
 - trial run (``salt.role=trial``): a parent of fold runs (:class:`TrialRunTags`), ``cv_map``;
+- cv run (``salt.role=cv``): ``salt-exp cv``, a parent of one config's fold runs (:class:`CVRunTags`),
+  ``cv_map``, ``fold<k>_map`` and the OOF breakdown by coverage bin;
 - ensemble run (``salt.role=ensemble``): members, OOF scores, the submission, ``ensemble/oof.npz``.
 
 Registry: each snapshot is a version of ``salt-<study>`` (:class:`SnapshotVersion` tags), each
@@ -63,12 +65,21 @@ class Tag:
     CONFIG_HASH = "salt.config_hash"
     ENCODER = "salt.encoder"
     DATA_ROOT = "salt.data_root"
-    STATUS = "salt.status"  # fold runs: FoldStatus; trial runs: TrialState
+    STATUS = "salt.status"  # fold runs: FoldStatus; trial and cv runs: TrialState
     FAILURE = "salt.failure"
     LR_FIND_REASON = "salt.lr_find_reason"
     STUDY_UID = "salt.study_uid"
     OPTUNA_TRIAL = "salt.optuna_trial"  # the latest Optuna attempt of a trial
     DURATION_S = "salt.duration_s"
+    PRECISION = "salt.precision"  # fp32 | bf16 | fp16: what the run trained with (train.precision_used param too)
+    PRECISION_SOURCE = "salt.precision_source"  # measured | cached | requested | unsupported | cuda
+    PRECISION_REASON = "salt.precision_reason"
+    PRECISION_TIMINGS = "salt.precision_timings"  # images/s of each timed candidate
+    PRECISION_REQUESTED = "salt.precision_requested"
+    CPU = "salt.cpu"  # the processor and its bf16-relevant flags
+    CPU_BF16 = "salt.cpu_bf16"  # amx | avx512_bf16 | emulated | none
+    CV_FOLDS = "salt.cv_folds"  # cv runs: the folds of the latest `salt-exp cv`, comma-separated
+    BUDGET_NOTE = "salt.budget_note"  # budgeted fold runs: why the plan differs from the config's cycles
     GIT_COMMIT = "mlflow.source.git.commit"
     PARENT_RUN = "mlflow.parentRunId"
     LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"  # MLflow's own list of table artifacts (UI)
@@ -77,6 +88,7 @@ class Tag:
 class Role(StrEnum):
     FOLD = "fold"
     TRIAL = "trial"
+    CV = "cv"
     ENSEMBLE = "ensemble"
 
 
@@ -142,10 +154,29 @@ class Metric:
     SNAPSHOT_VAL_MAP = "snapshot_val_map"
     SNAPSHOT_EPOCH = "snapshot_epoch"
     CV_MAP = "cv_map"
+    CV_MAP_SD = "cv_map_sd"  # population standard deviation of the fold maps
+    OOF_MAP = "oof_map"
+    # time-budgeted fold runs (schedule.budget_minutes): the plan (also params) and what was done
+    BUDGET_MINUTES = "budget_minutes"
+    PLANNED_CYCLES = "planned_cycles"
+    PLANNED_CYCLE_EPOCHS = "planned_cycle_epochs"
+    PLANNED_EPOCHS = "planned_epochs"
+    PLANNED_STEPS = "planned_steps"
+    DONE_EPOCHS = "done_epochs"
+    DONE_STEPS = "done_steps"
+    BUDGET_USED_S = "budget_used_s"
 
     @staticmethod
     def fold_map(fold: int) -> str:
         return f"fold{fold}_map"
+
+    @staticmethod
+    def oof_map_bin(bin_name: str) -> str:
+        return f"oof_map_bin_{bin_name}"
+
+    @staticmethod
+    def oof_err_share(bin_name: str) -> str:
+        return f"oof_err_share_{bin_name}"
 
 
 # ---------------------------------------------------------------- artifact paths
@@ -161,6 +192,7 @@ ENSEMBLE_MEMBERS = "ensemble/members.json"
 ENSEMBLE_OOF = "ensemble/oof.npz"
 ENSEMBLE_OOF_TABLE = "oof_coverage_bins.json"
 ENSEMBLE_PP_TABLE = "postprocess_gains.json"
+CV_OOF_TABLE = ENSEMBLE_OOF_TABLE  # a cv run's OOF breakdown by coverage bin, in the ensemble's table format
 VIZ_DIR = "viz"
 REPORT_DIR = "report"
 
@@ -253,6 +285,21 @@ class TrialRunTags:
     def find_filter(self) -> str:
         return (f"tags.`{Tag.ROLE}` = '{Role.TRIAL.value}' and tags.`{Tag.STUDY_UID}` = '{self.study_uid}' "
                 f"and tags.`{Tag.TRIAL}` = '{self.trial}'")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CVRunTags:
+    """A cv run: one per study and config hash, so rerunning the same ``salt-exp cv`` continues it."""
+
+    study: str
+    config_hash: str
+
+    def to_tags(self) -> dict[str, str]:
+        return {Tag.ROLE: Role.CV.value, Tag.STUDY: self.study, Tag.CONFIG_HASH: self.config_hash}
+
+    def find_filter(self) -> str:
+        return (f"tags.`{Tag.ROLE}` = '{Role.CV.value}' and tags.`{Tag.STUDY}` = '{self.study}' "
+                f"and tags.`{Tag.CONFIG_HASH}` = '{self.config_hash}'")
 
 
 def ensemble_run_tags(study: str) -> dict[str, str]:

@@ -170,3 +170,50 @@ def test_crash_between_bins_table_and_snapshot_upload_then_resume(synth_dir, mlf
     logged = json.loads(c.get_run(info.run_id).data.tags["mlflow.loggedArtifacts"])
     assert sorted(e["path"] for e in logged) == ["coverage_bins.json", "snapshots/cycle_0/coverage_bins.json",
                                                  "snapshots/cycle_1/coverage_bins.json"]
+
+
+def test_fold_run_precision_auto_is_measured_logged_and_kept_on_resume(synth_dir, mlflow_store, monkeypatch, capsys):
+    """train.precision=auto times the real step at start-up; the choice goes to params, tags and every epoch
+    line; a resumed run reuses the recorded choice instead of timing again."""
+    from salt_exp.train import fold_run
+    from salt_exp.train.cpu import detect_cpu
+
+    cfg = tiny_cfg(synth_dir, *FAST, "train.precision=auto", "train.channels_last=auto")
+    info = run_fold(cfg, 0, study="prec")
+    c = MlflowClient(mlflow_store)
+    run = c.get_run(info.run_id)
+    tags, params = run.data.tags, run.data.params
+    assert params["train.precision"] == "auto" and params["train.precision_used"] == tags["salt.precision"]
+    assert tags["salt.precision_source"] in ("measured", "cached") and tags["salt.cpu"]
+    if tags["salt.precision_source"] == "measured":
+        assert "fp32" in tags["salt.precision_timings"] and "bf16" in tags["salt.precision_timings"]
+    if not detect_cpu().bf16_supported:
+        assert tags["salt.precision"] == "fp32"
+    out = capsys.readouterr().out
+    lines = [x for x in out.splitlines() if "epoch " in x and "val_map" in x and "img/s" in x]
+    assert len(lines) == 4 and all(f"[{tags['salt.precision']} cl=" in x for x in lines), out[-2000:]
+    # a resume must not time again: the run's work folder holds its choice
+    work = Path(os.environ["SALT_EXP_WORK"]) / info.run_id
+    assert (work / "precision.json").exists()
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a resumed run timed its precision again")
+
+    monkeypatch.setattr(fold_run, "choose_runtime", no_timing)
+    c.set_terminated(info.run_id, "KILLED")  # pretend it died after its last epoch
+    again = run_fold(cfg, 0, study="prec", resume=True)
+    assert again.run_id == info.run_id and again.result.status == "FINISHED"
+    assert c.get_run(info.run_id).data.tags["salt.precision"] == tags["salt.precision"]
+
+
+def test_explicit_bf16_fold_run_trains_or_falls_back_with_a_reason(synth_dir, mlflow_store):
+    from salt_exp.train.cpu import detect_cpu
+
+    info = run_fold(tiny_cfg(synth_dir, *FAST, "train.precision=bf16"), 0, study="bf16")
+    run = MlflowClient(mlflow_store).get_run(info.run_id)
+    assert info.result.status == "FINISHED" and np.isfinite(info.result.best_val_map)
+    expected = "bf16" if detect_cpu().bf16_supported else "fp32"
+    assert run.data.tags["salt.precision"] == expected and run.data.tags["salt.precision_source"] in (
+        "requested", "unsupported")
+    history = MlflowClient(mlflow_store).get_metric_history(info.run_id, "train_loss")
+    assert all(np.isfinite(m.value) for m in history)

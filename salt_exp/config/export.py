@@ -88,9 +88,15 @@ _Dumper.add_representer(
 )
 
 
+_HASH_OMIT_IF_NONE = (("schedule", "budget_minutes"),)
+
+
 def config_hash(cfg: ExperimentConfig, length: int = 12) -> str:
     """Stable short hash of what the experiment runs: every field except the ``name`` label."""
     payload = to_dict(cfg)
     payload.pop("name", None)
+    for section, key in _HASH_OMIT_IF_NONE:  # fields added later whose None means "as before"
+        if payload.get(section, {}).get(key, 0) is None:
+            del payload[section][key]
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]

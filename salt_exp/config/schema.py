@@ -17,6 +17,7 @@ Channels = Literal["raw", "depth", "coord"]
 PaddingMode = Literal["replicate", "reflect", "reflect_replicate", "zero", "biharmonic", "resize"]
 OptimName = Literal["sgd", "adam", "adamw"]
 Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 def _prob(default: float) -> Any:
@@ -101,6 +102,11 @@ class ScheduleConfig:
     cycle_epochs: int = _num(50, ge=1)
     min_lr: float = _num(1e-4, ge=0.0)
     warmup_epochs: int = _num(0, ge=0)
+    # Minutes of wall time per fold run (LR finder included). When set, the cycles' length is fitted to the
+    # budget: `cycles` cycles of as many whole epochs as the measured throughput allows (`cycle_epochs` is
+    # then ignored; fewer cycles when not even one epoch each fits), and training stops before an epoch that
+    # would overrun it. None: train cycles x cycle_epochs epochs, whatever they take.
+    budget_minutes: float | None = _num(None, gt=0.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,8 +122,12 @@ class LRFindConfig:
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     device: Device = "auto"
-    amp: bool = True
-    channels_last: bool = True
+    amp: bool = True  # CUDA: fp16 autocast + GradScaler
+    # CPU: auto times a few real training steps in fp32 and bf16 autocast at start-up (cached per CPU and
+    # model) and takes bf16 only where it is clearly faster; fp32 / bf16 force it. CUDA follows `amp`.
+    precision: Precision = "auto"
+    channels_last: bool | Literal["auto"] = "auto"  # auto: on with CUDA, measured on CPU
+    threads: int | Literal["auto"] = _num("auto", ge=1)  # torch intra-op threads; auto: measured when it matters
     workers: int = _num(2, ge=0)
     val_batch_size: int = _num(32, ge=1)
     max_train_batches: int | None = _num(None, ge=1)  # cap per epoch, for tests and smoke runs

@@ -13,7 +13,7 @@ from salt_exp.data.dataset import TileDataset, make_loader
 from salt_exp.data.kaggle import TileSet
 from salt_exp.ensemble.select import Member
 from salt_exp.tracking import fetch_artifact
-from salt_exp.train.engine import Runtime, predict
+from salt_exp.train.engine import choose_runtime, predict
 from salt_exp.train.setup import build_parts
 
 
@@ -29,10 +29,14 @@ def load_member(member: Member, cache: Path) -> tuple[torch.nn.Module, object, o
 def predict_member(member: Member, tiles: TileSet, cache: Path, device: str = "auto") -> np.ndarray:
     """(N, 101, 101) float32 probabilities of one snapshot on ``tiles``, averaged with the h-flipped view."""
     model, adapter, cfg = load_member(member, cache)
-    rt = Runtime.resolve(device, cfg.train.amp, cfg.train.channels_last)
-    model.to(rt.device)
+    t = cfg.train
     ds = TileDataset(tiles.images, None, tiles.depths, cfg.data.channels)
-    loader = make_loader(ds, cfg.train.val_batch_size, False, 0, seed=cfg.seed, pin_memory=rt.device.type == "cuda")
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    loader = make_loader(ds, t.val_batch_size, False, 0, seed=cfg.seed, pin_memory=cuda)
+    # the snapshot's own precision rule (auto: a prediction pass timed in fp32 and bf16, cached per CPU and model)
+    batch = next(iter(loader)) if "auto" in (t.precision, t.channels_last, t.threads) else None
+    rt, _ = choose_runtime(model, adapter, device=device, precision=t.precision, channels_last=t.channels_last,
+                           amp=t.amp, batch=batch, hflip_tta=True, requested_threads=t.threads)
     probs, _ = predict(model, adapter, loader, rt, hflip_tta=True)
     return probs
 

@@ -201,7 +201,7 @@ def _probe(where: str, base: ExperimentConfig, overrides: list[str], key: str) -
         raise SaltError(f"{where}: '{key}' does not apply to the base config: {exc}") from None
 
 
-def _enqueued(where: str, i: int, item: dict[str, Any], space: tuple[Param, ...], base: ExperimentConfig) -> dict:
+def _enqueued(where: str, i: int, item: dict[str, Any], *, space: tuple[Param, ...], base: ExperimentConfig) -> dict:
     """One enqueued trial: keys from the space, values of their types or choices (encoded), applied once."""
     by_key, fixed = {p.key: p for p in space}, {}
     for k, value in item.items():
@@ -268,7 +268,7 @@ def load_study_spec(path: str | Path, extra_overrides: tuple[str, ...] | list[st
     base = (path.parent / file.base).resolve()
     base_cfg = _base_config(where, base, overrides)
     space = _space(where, file, base_cfg)
-    enqueue = tuple(_enqueued(where, i, item, space, base_cfg) for i, item in enumerate(file.enqueue))
+    enqueue = tuple(_enqueued(where, i, item, space=space, base=base_cfg) for i, item in enumerate(file.enqueue))
     _check_grid(where, file, space)
     return StudySpec(
         name=path.stem, path=path.resolve(), base=base, overrides=tuple(overrides), space=space, enqueue=enqueue,

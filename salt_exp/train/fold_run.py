@@ -8,8 +8,9 @@ idempotent (the MLflow hook skips what it already logged).
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,16 @@ import torch
 
 from salt_exp.config import ExperimentConfig, to_dict
 from salt_exp.contract import FoldStatus
+from salt_exp.io import write_json
 from salt_exp.metrics import THRESHOLD_GRID, bin_breakdown, coverage_bins, image_scores, threshold_search
-from salt_exp.train.engine import NonFiniteLoss, Runtime, forward_cropped, predict, train_epoch
-from salt_exp.train.hooks import EpochEnd, HookBase, Hooks, RunEnd, SnapshotReady
+from salt_exp.train.budget import plan_cycles, probe_seconds, should_stop
+from salt_exp.train.engine import NonFiniteLoss, Runtime, choose_runtime, forward_cropped, predict, train_epoch
+from salt_exp.train.hooks import BudgetReport, EpochEnd, HookBase, Hooks, RunEnd, RunStart, SnapshotReady
 from salt_exp.train.lr_find import LRFindResult, lr_range_test
-from salt_exp.train.schedule import cosine_cycles
+from salt_exp.train.precision import PrecisionChoice
+from salt_exp.train.schedule import CosineCycles, cosine_cycles
 from salt_exp.train.setup import FoldData, build_optimizer, build_parts, train_loader, val_loader
-from salt_exp.train.state import RunState, SnapshotRef, drop_files, load_state, save_snapshot, save_state
+from salt_exp.train.state import BudgetPlan, RunState, SnapshotRef, drop_files, load_state, save_snapshot, save_state
 
 
 @dataclass(frozen=True)
@@ -42,24 +46,55 @@ def evaluate(probs: np.ndarray, masks: np.ndarray) -> tuple[dict[str, float], li
     return metrics, bin_breakdown(scores, coverage_bins(masks))
 
 
+PRECISION_FILE = "precision.json"  # in the work folder: the run's precision choice, reused on resume
+
+
 class FoldTrainer:
     def __init__(self, cfg: ExperimentConfig, fd: FoldData, fold: int, *, workdir: Path, hooks: list[HookBase]) -> None:
         self.cfg, self.fd, self.fold, self.workdir, self.hooks = cfg, fd, fold, workdir, Hooks(hooks)
-        self.rt = Runtime.resolve(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
-        model, self.adapter, self.loss_fn = build_parts(cfg)
-        self.model = model.to(self.rt.device)
-        if self.rt.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model, self.adapter, self.loss_fn = build_parts(cfg)
+        self.model.to(Runtime.resolve(cfg.train.device, False, False).device)  # params on the device before the optimizer
         lr0 = cfg.optim.lr if cfg.optim.lr != "auto" else cfg.lr_find.start_lr
         self.optimizer = build_optimizer(cfg, self.model, lr0)
-        self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.amp)
+        self.rt, self.precision = self._choose_runtime()
+        self.scaler = self.rt.grad_scaler()
         self.state = RunState()
         self.steps_per_epoch = len(train_loader(cfg, fd, 0))
-        self.total_epochs = cfg.schedule.cycles * cfg.schedule.cycle_epochs
+        self._clock, self._epoch_mark = time.perf_counter(), None  # budgeted runs: time not yet charged
+
+    @property
+    def cycle_epochs(self) -> int:
+        """Epochs per cycle: the config's, or a budgeted run's plan."""
+        plan = self.state.budget
+        return plan.cycle_epochs if plan is not None else self.cfg.schedule.cycle_epochs
+
+    @property
+    def total_epochs(self) -> int:
+        plan = self.state.budget
+        return plan.epochs if plan is not None else self.cfg.schedule.cycles * self.cfg.schedule.cycle_epochs
 
     @property
     def last_path(self) -> Path:
         return self.workdir / "last.pt"
+
+    def _choose_runtime(self) -> tuple[Runtime, PrecisionChoice]:
+        """Precision, memory format and threads of this run: what its work folder recorded (a resumed run
+        keeps its choice and times nothing), else chosen now (timed on one training batch where asked)."""
+        t, saved = self.cfg.train, self.workdir / PRECISION_FILE
+        if saved.exists():
+            choice = PrecisionChoice.from_dict(json.loads(saved.read_text(encoding="utf-8")))
+            torch.set_num_threads(choice.threads)
+            rt = Runtime.for_choice(t.device, choice)
+            rt.prepare_model(self.model)
+            return rt, choice
+        timed = "auto" in (t.precision, t.channels_last, t.threads)
+        batch = next(iter(train_loader(self.cfg, self.fd, 0))) if timed else None  # its own seeded generator
+        rt, choice = choose_runtime(self.model, self.adapter, device=t.device, precision=t.precision,
+                                    channels_last=t.channels_last, amp=t.amp, batch=batch, loss_fn=self.loss_fn,
+                                    optimizer=self.optimizer, grad_clip=self.cfg.optim.grad_clip,
+                                    requested_threads=t.threads)
+        write_json(saved, choice.to_dict())
+        return rt, choice
 
     def _save(self) -> None:
         save_state(self.last_path, self.state, model=self.model, optimizer=self.optimizer, scaler=self.scaler)
@@ -90,8 +125,9 @@ class FoldTrainer:
             self.hooks.on_epoch(EpochEnd(epoch, metrics))
         self._publish_finished_cycles()
 
-    def _publish_finished_cycles(self) -> None:
-        done_cycles = self.state.epochs_done // self.cfg.schedule.cycle_epochs
+    def _publish_finished_cycles(self, partial: bool = False) -> None:
+        """Publish each finished cycle's snapshot once; ``partial`` also the current cycle's (a budget stop)."""
+        done_cycles = (self.state.epochs_done + (self.cycle_epochs - 1 if partial else 0)) // self.cycle_epochs
         for cycle in range(done_cycles):
             if cycle not in self.state.published and cycle in self.state.best:
                 earlier = tuple(self.state.best[c] for c in sorted(self.state.published))
@@ -100,7 +136,7 @@ class FoldTrainer:
                 self._save()
 
     def _keep_if_best(self, epoch: int, metrics: dict[str, float], probs: np.ndarray, bins: list[dict]) -> None:
-        cycle = epoch // self.cfg.schedule.cycle_epochs
+        cycle = epoch // self.cycle_epochs
         old = self.state.best.get(cycle)
         if old is not None and metrics["val_map"] <= old.val_map:  # ties keep the earlier epoch
             return
@@ -115,10 +151,11 @@ class FoldTrainer:
 
     def _epoch(self, epoch: int, schedule) -> None:
         stats = train_epoch(self.model, self.adapter, self.loss_fn, train_loader(self.cfg, self.fd, epoch),
-                            self.optimizer, schedule, self.state.step, self.rt, self.scaler, self.cfg.optim.grad_clip,
+                            optimizer=self.optimizer, schedule=schedule, step=self.state.step, rt=self.rt,
+                            scaler=self.scaler, grad_clip=self.cfg.optim.grad_clip,
                             desc=f"fold {self.fold} epoch {epoch + 1}/{self.total_epochs}")
         t0 = time.perf_counter()
-        probs, val_loss = predict(self.model, self.adapter, val_loader(self.cfg, self.fd), self.rt, self.loss_fn)
+        probs, val_loss = predict(self.model, self.adapter, val_loader(self.cfg, self.fd), self.rt, loss_fn=self.loss_fn)
         metrics, bins = evaluate(probs, self.fd.val_masks)
         metrics.update(train_loss=stats.loss, val_loss=val_loss, lr=schedule.lr_at(max(stats.next_step - 1, 0)),
                        epoch_seconds=stats.seconds + time.perf_counter() - t0,
@@ -127,29 +164,100 @@ class FoldTrainer:
         self._keep_if_best(epoch, metrics, probs, bins)
         self.state.history.append(metrics)
         self.state.epochs_done = epoch + 1
+        self._charge()  # a budgeted run's spent time is saved with the epoch
         self._save()
         self.hooks.on_epoch(EpochEnd(epoch, metrics))
-        if (epoch + 1) % self.cfg.schedule.cycle_epochs == 0:
+        if (epoch + 1) % self.cycle_epochs == 0:
             self._publish_finished_cycles()
 
     def run(self, resume: bool) -> FoldResult:
-        if resume and self.last_path.exists():
+        resumed = resume and self.last_path.exists()
+        if resumed:  # before RunStart, so that a budgeted run announces its planned epochs
             self.state = load_state(self.last_path, self.model, self.optimizer, self.scaler)
+        self.hooks.on_start(RunStart(self.precision, self.total_epochs))
+        if resumed:
             self._replay()
+        self._clock = time.perf_counter()  # a budget charges the time from here (the replay is not training)
         try:
             if self.state.max_lr is None:
                 self._find_lr()
                 if self.state.lr_find:
                     self.hooks.on_lr_find(LRFindResult(**self.state.lr_find))
-            schedule = cosine_cycles(self.cfg.schedule, self.state.max_lr, self.steps_per_epoch)
+            self._plan_budget()
+            schedule = self._schedule()
             for epoch in range(self.state.epochs_done, self.total_epochs):
+                if self._out_of_budget(epoch):
+                    break
                 self._epoch(epoch, schedule)
         except NonFiniteLoss as exc:
+            self._report_budget(final=True)
             self.hooks.on_end(RunEnd(FoldStatus.FAILED, str(exc)))
             return FoldResult(FoldStatus.FAILED, str(exc), self.best_val_map(), list(self.state.best.values()))
+        self._report_budget(final=True)
         self.hooks.on_end(RunEnd(FoldStatus.FINISHED))
         snapshots = [self.state.best[c] for c in sorted(self.state.best)]
         return FoldResult(FoldStatus.FINISHED, "", self.best_val_map(), snapshots)
+
+    def _schedule(self) -> CosineCycles:
+        """The config's cosine cycles, or a budgeted run's: its planned cycles and cycle length."""
+        sc, plan = self.cfg.schedule, self.state.budget
+        if plan is not None:
+            sc = replace(sc, cycles=plan.cycles, cycle_epochs=plan.cycle_epochs,
+                         warmup_epochs=min(sc.warmup_epochs, plan.cycle_epochs - 1))
+        return cosine_cycles(sc, self.state.max_lr, self.steps_per_epoch)
+
+    def _charge(self) -> None:
+        """Add the wall time since the last charge to a budgeted run's spent time."""
+        now = time.perf_counter()
+        if self.state.budget is not None:
+            self.state.budget.used_s += now - self._clock
+        self._clock = now
+
+    def _plan_budget(self) -> None:
+        """With ``schedule.budget_minutes``: time the first batches (after the LR finder) and fit the cycles to
+        what is left of the budget. Once per run: a resumed run keeps its plan (and announces it again)."""
+        minutes = self.cfg.schedule.budget_minutes
+        if minutes is None or self.state.budget is not None:
+            self._report_budget(final=False)
+            return
+        batch = next(iter(train_loader(self.cfg, self.fd, 0)))  # its own seeded generator
+        step_s, image_s = probe_seconds(self.model, self.adapter, self.loss_fn, self.optimizer, batch=batch,
+                                        rt=self.rt, scaler=self.scaler, grad_clip=self.cfg.optim.grad_clip)
+        used, val_s = time.perf_counter() - self._clock, image_s * len(self.fd.val_idx)
+        cycles, cycle_epochs, note = plan_cycles(budget_s=60.0 * minutes, used_s=used, cycles=self.cfg.schedule.cycles,
+                                                 epoch_s=self.steps_per_epoch * step_s + val_s)
+        self.state.budget = BudgetPlan(budget_minutes=minutes, cycles=cycles, cycle_epochs=cycle_epochs,
+                                       steps_per_epoch=self.steps_per_epoch, step_s=step_s, val_s=val_s,
+                                       used_s=used, note=note)
+        self._clock = time.perf_counter()
+        self._save()
+        self._report_budget(final=False)
+
+    def _out_of_budget(self, epoch: int) -> bool:
+        """Before ``epoch`` of a budgeted run: charge the time, measure the last epoch, and stop (publishing the
+        current cycle's best epoch, saving the state) when the next epoch would overrun the budget."""
+        plan = self.state.budget
+        if plan is None:
+            return False
+        self._charge()
+        if self._epoch_mark is not None:  # None at this process's first check: no epoch ran since
+            plan.epoch_wall_s.append(plan.used_s - self._epoch_mark)
+        self._epoch_mark = plan.used_s
+        if not should_stop(plan, epoch):
+            return False
+        plan.stopped = True
+        self._publish_finished_cycles(partial=True)
+        self._save()
+        return True
+
+    def _report_budget(self, final: bool) -> None:
+        plan = self.state.budget
+        if plan is None:
+            return
+        if final:
+            self._charge()  # not saved: the state on disk stays the last epoch's (or the stop's)
+        self.hooks.on_budget(BudgetReport(plan, done_epochs=self.state.epochs_done, done_steps=self.state.step,
+                                          final=final))
 
     def best_val_map(self) -> float:
         return max((s.val_map for s in self.state.best.values()), default=float("nan"))

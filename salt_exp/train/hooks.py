@@ -7,14 +7,23 @@ the store already holds).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from salt_exp.contract import FoldStatus
 from salt_exp.train.lr_find import LRFindResult
-from salt_exp.train.state import SnapshotRef
+from salt_exp.train.precision import PrecisionChoice
+from salt_exp.train.state import BudgetPlan, SnapshotRef
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """The run is about to train (also when it resumes): how it runs, and for how many epochs."""
+
+    precision: PrecisionChoice
+    total_epochs: int
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,20 @@ class SnapshotReady:
 
 
 @dataclass(frozen=True)
+class BudgetReport:
+    """A time-budgeted run's plan (``final`` False: just planned, or resumed) or, at its end, what it did."""
+
+    plan: BudgetPlan
+    done_epochs: int
+    done_steps: int
+    final: bool = False
+
+    @property
+    def planned_steps(self) -> int:
+        return self.plan.epochs * self.plan.steps_per_epoch
+
+
+@dataclass(frozen=True)
 class RunEnd:
     status: FoldStatus
     reason: str = ""  # why it failed; empty when it finished
@@ -41,6 +64,9 @@ class RunEnd:
 class HookBase:
     """Every event is a no-op unless overridden."""
 
+    def on_start(self, event: RunStart) -> None:
+        pass
+
     def on_lr_find(self, result: LRFindResult) -> None:
         pass
 
@@ -48,6 +74,9 @@ class HookBase:
         pass
 
     def on_snapshot(self, event: SnapshotReady) -> None:
+        pass
+
+    def on_budget(self, event: BudgetReport) -> None:
         pass
 
     def on_end(self, event: RunEnd) -> None:
@@ -59,6 +88,10 @@ class Hooks(HookBase):
 
     def __init__(self, hooks: Sequence[HookBase]) -> None:
         self.hooks = list(hooks)
+
+    def on_start(self, event: RunStart) -> None:
+        for h in self.hooks:
+            h.on_start(event)
 
     def on_lr_find(self, result: LRFindResult) -> None:
         for h in self.hooks:
@@ -72,6 +105,44 @@ class Hooks(HookBase):
         for h in self.hooks:
             h.on_snapshot(event)
 
+    def on_budget(self, event: BudgetReport) -> None:
+        for h in self.hooks:
+            h.on_budget(event)
+
     def on_end(self, event: RunEnd) -> None:
         for h in self.hooks:
             h.on_end(event)
+
+
+class EpochLog(HookBase):
+    """One line per epoch on stdout (flushed, so it shows in any log, not only on a terminal): the
+    losses, val_map, throughput, an ETA for the run and how it runs (precision, layout, threads)."""
+
+    def __init__(self, label: str, print_fn: Callable[[str], None] | None = None) -> None:
+        self.label, self.print = label, print_fn or (lambda s: print(s, flush=True))
+        self.total, self.how, self.seconds = 0, "", []
+
+    def on_start(self, event: RunStart) -> None:
+        self.total, self.how = event.total_epochs, event.precision.log_line()
+        self.print(f"[{self.label}] {self.total} epochs; {self.how}; {event.precision.reason}")
+
+    def on_epoch(self, event: EpochEnd) -> None:
+        m = event.metrics
+        self.seconds.append(float(m.get("epoch_seconds", 0.0)))
+        left = self.total - event.epoch - 1
+        eta = left * sum(self.seconds[-3:]) / len(self.seconds[-3:])
+        self.print(f"[{self.label}] epoch {event.epoch + 1}/{self.total} train_loss {m['train_loss']:.4f} "
+                   f"val_loss {m['val_loss']:.4f} val_map {m['val_map']:.4f} {m['train_images_per_s']:.1f} img/s "
+                   f"{m['epoch_seconds']:.0f}s, ETA {eta / 60:.1f} min [{self.how}]")
+
+    def on_budget(self, event: BudgetReport) -> None:
+        p = event.plan
+        if not event.final:
+            self.total = p.epochs
+            self.print(f"[{self.label}] budget {p.budget_minutes:g} min: {p.cycles} cycle(s) x {p.cycle_epochs} epoch(s) "
+                       f"= {p.epochs} epochs ({event.planned_steps} steps; ~{p.step_s:.3f}s/step, ~{p.val_s:.1f}s "
+                       f"validation){'; ' + p.note if p.note else ''}")
+            return
+        why = "stopped: the next epoch would overrun the budget" if p.stopped else "plan done"
+        self.print(f"[{self.label}] budget: {event.done_epochs}/{p.epochs} epochs, {event.done_steps}/"
+                   f"{event.planned_steps} steps in {p.used_s:.0f}s of {p.budget_s:.0f}s ({why})")

@@ -16,7 +16,7 @@ from salt_exp import contract as C
 from salt_exp.contract import SnapshotVersion, Tag
 from salt_exp.plots import coverage_bins_figure
 from salt_exp.tracking import RunTracker, temp_dir
-from salt_exp.train.hooks import EpochEnd, HookBase, RunEnd, SnapshotReady
+from salt_exp.train.hooks import BudgetReport, EpochEnd, HookBase, RunEnd, RunStart, SnapshotReady
 from salt_exp.train.lr_find import LRFindResult, plot_lr_find
 from salt_exp.train.state import SnapshotRef
 
@@ -40,6 +40,11 @@ class MLflowHook(HookBase):
                 self._logged[key].add(step)
         if fresh:
             self.tracker.log_metrics(fresh, step)
+
+    def on_start(self, event: RunStart) -> None:
+        """How the run computes (precision, channels_last, threads), chosen or measured: params + tags."""
+        self.tracker.log_params(event.precision.to_params())
+        self.tracker.set_tags(event.precision.to_tags())
 
     def on_lr_find(self, result: LRFindResult) -> None:
         for i, (lr, loss) in enumerate(zip(result.lrs, result.losses, strict=True)):
@@ -87,6 +92,19 @@ class MLflowHook(HookBase):
         with temp_dir() as tmp:
             coverage_bins_figure(snap.bins, title).savefig(Path(tmp) / C.COVERAGE_PNG, dpi=100)
             self.tracker.log_artifact(Path(tmp) / C.COVERAGE_PNG, folder)
+
+    def on_budget(self, event: BudgetReport) -> None:
+        """A budgeted run's plan (params, and the note as a tag) and, at its end, planned vs done (metrics)."""
+        p, M = event.plan, C.Metric
+        self.tracker.log_params({M.BUDGET_MINUTES: p.budget_minutes, M.PLANNED_CYCLES: p.cycles,
+                                 M.PLANNED_CYCLE_EPOCHS: p.cycle_epochs, M.PLANNED_EPOCHS: p.epochs,
+                                 M.PLANNED_STEPS: event.planned_steps})
+        if p.note:
+            self.tracker.set_tags({Tag.BUDGET_NOTE: p.note})
+        if event.final:
+            self._log_new({M.BUDGET_MINUTES: p.budget_minutes, M.PLANNED_EPOCHS: p.epochs,
+                           M.PLANNED_STEPS: event.planned_steps, M.DONE_EPOCHS: event.done_epochs,
+                           M.DONE_STEPS: event.done_steps, M.BUDGET_USED_S: p.used_s}, 0)
 
     def on_end(self, event: RunEnd) -> None:
         self.tracker.set_tags({Tag.STATUS: event.status.value, **({Tag.FAILURE: event.reason} if event.reason else {})})

@@ -17,7 +17,7 @@ from salt_exp.signals import term_as_interrupt
 from salt_exp.stores import work_root
 from salt_exp.tracking import RunTracker, find_runs
 from salt_exp.train.fold_run import FoldResult, FoldTrainer
-from salt_exp.train.hooks import HookBase
+from salt_exp.train.hooks import EpochLog, HookBase
 from salt_exp.train.mlflow_hook import MLflowHook
 from salt_exp.train.setup import load_fold
 
@@ -76,14 +76,16 @@ def run_fold(cfg: ExperimentConfig, fold: int, *, study: str = C.ADHOC, trial: i
     template = SnapshotVersion(model=C.snapshot_model(study), run_id=tracker.run_id, study=study, trial=tags.trial,
                                fold=fold, encoder=cfg.model.encoder, cycle=-1, val_map=math.nan, weights="", oof="")
     hook = MLflowHook(tracker, template)
-    trainer = FoldTrainer(cfg, fd, fold, workdir=work_root() / tracker.run_id, hooks=[hook, *(extra_hooks or [])])
+    label = f"{study} fold {fold}" if trial is None else f"{study} trial {trial} fold {fold}"
+    hooks = [hook, EpochLog(label), *(extra_hooks or [])]
+    trainer = FoldTrainer(cfg, fd, fold, workdir=work_root() / tracker.run_id, hooks=hooks)
     status = RunStatus.KILLED
     try:
         with term_as_interrupt():  # SIGTERM: the run is closed as KILLED, like Ctrl-C
             result = trainer.run(resume=previous is not None)
         status = RunStatus.FINISHED if result.status == FoldStatus.FINISHED else RunStatus.FAILED
         if result.status == FoldStatus.FINISHED:
-            tracker.log_metrics({C.Metric.BEST_VAL_MAP: result.best_val_map}, trainer.total_epochs)
+            tracker.log_metrics({C.Metric.BEST_VAL_MAP: result.best_val_map}, trainer.state.epochs_done)
     finally:
         tracker.end(status)
     return FoldRunInfo(tracker.run_id, result, hook.versions)

@@ -31,6 +31,40 @@ class SnapshotRef:
     bins: list[dict] = field(default_factory=list)
 
 
+@dataclass(kw_only=True)
+class BudgetPlan:
+    """A time-budgeted run's schedule (fixed once planned, so a resumed run keeps it) and its clock.
+
+    ``used_s`` is the wall time charged so far, accumulated across resumes; ``epoch_wall_s`` the measured
+    wall time of each epoch (training, validation, saving, logging) that re-estimates the next one.
+    """
+
+    budget_minutes: float
+    cycles: int
+    cycle_epochs: int
+    steps_per_epoch: int
+    step_s: float  # measured seconds per training step on the first batches
+    val_s: float  # estimated seconds of one validation pass
+    used_s: float = 0.0
+    epoch_wall_s: list[float] = field(default_factory=list)
+    stopped: bool = False  # training stopped before the plan's end because the budget ran out
+    note: str = ""
+
+    @property
+    def epoch_s(self) -> float:
+        """Estimated wall time of the next epoch: the last (up to 3) measured epochs, else the first batches'."""
+        recent = self.epoch_wall_s[-3:]
+        return sum(recent) / len(recent) if recent else self.steps_per_epoch * self.step_s + self.val_s
+
+    @property
+    def budget_s(self) -> float:
+        return 60.0 * self.budget_minutes
+
+    @property
+    def epochs(self) -> int:
+        return self.cycles * self.cycle_epochs
+
+
 @dataclass
 class RunState:
     epochs_done: int = 0
@@ -40,6 +74,7 @@ class RunState:
     history: list[dict[str, float]] = field(default_factory=list)  # one metrics dict per epoch
     best: dict[int, SnapshotRef] = field(default_factory=dict)  # cycle -> best snapshot so far
     published: list[int] = field(default_factory=list)  # cycles whose snapshot was logged + registered
+    budget: BudgetPlan | None = None  # schedule.budget_minutes runs only
 
 
 def save_state(path: Path, state: RunState, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -63,6 +98,7 @@ def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     np.random.set_state(payload["numpy_rng"])
     raw = payload["state"]
     raw["best"] = {int(c): SnapshotRef(**s) for c, s in raw["best"].items()}
+    raw["budget"] = BudgetPlan(**raw["budget"]) if raw.get("budget") else None
     return RunState(**raw)
 
 

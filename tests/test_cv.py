@@ -1,0 +1,190 @@
+"""`salt-exp cv` (a cv parent run with nested fold runs, resumable) and time-budgeted fold runs."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from salt_exp.cli import main
+from salt_exp.config import config_hash
+from salt_exp.cv import parse_folds
+from salt_exp.errors import SaltError
+from salt_exp.metrics import BIN_NAMES
+from salt_exp.train import fold_run
+from salt_exp.train.budget import plan_cycles, should_stop
+from salt_exp.train.hooks import EpochEnd, HookBase
+from salt_exp.train.run import run_fold
+from salt_exp.train.state import BudgetPlan
+from tests.test_train_run import CONFIGS, FAST, TINY, tiny_cfg
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def test_plan_cycles_fits_whole_epochs_and_keeps_the_cycles():
+    assert plan_cycles(budget_s=100, used_s=10, epoch_s=9, cycles=3) == (3, 3, "")  # 10 epochs fit: 3 x 3
+    cycles, epochs, note = plan_cycles(budget_s=100, used_s=10, epoch_s=40, cycles=3)
+    assert (cycles, epochs) == (2, 1) and "instead of 3" in note
+    cycles, epochs, note = plan_cycles(budget_s=100, used_s=99, epoch_s=40, cycles=3)
+    assert (cycles, epochs) == (1, 1) and "not even one epoch" in note
+
+
+def test_should_stop_uses_measured_epochs_and_always_trains_the_first():
+    plan = BudgetPlan(budget_minutes=10 / 60, cycles=2, cycle_epochs=5, steps_per_epoch=4, step_s=0.25, val_s=0.0, used_s=9.5)
+    assert plan.epoch_s == 1.0 and not should_stop(plan, 0) and should_stop(plan, 1)
+    plan.used_s, plan.epoch_wall_s = 5.0, [1.0, 6.0]  # re-estimated from the epochs run: 3.5 s
+    assert plan.epoch_s == 3.5 and not should_stop(plan, 2)
+    plan.stopped = True
+    assert should_stop(plan, 2)
+
+
+def test_parse_folds():
+    assert parse_folds("0-4", 5) == [0, 1, 2, 3, 4] and parse_folds("3,1", 5) == [1, 3]
+    assert parse_folds("0-1,3", 5) == [0, 1, 3] and parse_folds(None, 3) == [0, 1, 2]
+    for bad in ("0-5", "a", "2-1"):
+        with pytest.raises(SaltError, match="--folds"):
+            parse_folds(bad, 5)
+
+
+def test_unset_budget_leaves_the_config_hash_as_before(synth_dir):
+    import hashlib
+    import json
+
+    from salt_exp.config.export import to_dict
+
+    cfg = tiny_cfg(synth_dir)
+    assert config_hash(cfg) != config_hash(tiny_cfg(synth_dir, "schedule.budget_minutes=5"))
+    payload = to_dict(cfg)
+    payload.pop("name")
+    assert payload["schedule"].pop("budget_minutes") is None  # in the config, not in the hash of an unbudgeted one
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    assert config_hash(cfg) == hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- salt-exp cv
+
+
+def _cv_args(root: Path) -> list[str]:
+    return ["cv", str(CONFIGS / "tiny.yaml"), "--folds", "0-1", "--study", "cvt", "--set", f"data.root={root}",
+            *[a for t in TINY + FAST for a in ("--set", t)]]
+
+
+def test_cv_runs_one_parent_with_nested_fold_runs_and_resumes_without_new_runs(synth_dir, mlflow_store, capsys):
+    assert main(_cv_args(synth_dir)) == 0
+    c = MlflowClient(mlflow_store)
+    exp = c.get_experiment_by_name("salt/cvt").experiment_id
+    runs = c.search_runs([exp])
+    (parent,) = [r for r in runs if r.data.tags["salt.role"] == "cv"]
+    folds = {int(r.data.tags["salt.fold"]): r for r in runs if r.data.tags["salt.role"] == "fold"}
+    assert len(runs) == 3 and sorted(folds) == [0, 1] and parent.info.status == "FINISHED"
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.info.status == "FINISHED"
+               for r in folds.values())
+    m = parent.data.metrics
+    assert m["fold0_map"] == pytest.approx(folds[0].data.metrics["best_val_map"])
+    assert m["cv_map"] == pytest.approx((m["fold0_map"] + m["fold1_map"]) / 2)
+    assert m["cv_map_sd"] == pytest.approx(statistics.pstdev([m["fold0_map"], m["fold1_map"]]))
+    assert {f"oof_err_share_{b}" for b in BIN_NAMES} <= set(m) and any(k.startswith("oof_map_bin_") for k in m)
+    assert 0.0 <= m["oof_map"] <= 1.0
+    tags = parent.data.tags
+    assert tags["salt.status"] == "COMPLETE" and tags["salt.cv_folds"] == "0,1" and tags["salt.study"] == "cvt"
+    assert tags["salt.config_hash"] == folds[0].data.tags["salt.config_hash"]
+    assert {"oof_coverage_bins.json", "config.yaml"} <= {a.path for a in c.list_artifacts(parent.info.run_id)}
+    versions = len(c.search_model_versions("name='salt-cvt'"))
+    assert versions >= 2
+    assert "cv_map" in capsys.readouterr().out
+
+    assert main(_cv_args(synth_dir)) == 0  # the same command again: nothing new
+    assert "none (all folds had finished)" in capsys.readouterr().out
+    again = c.search_runs([exp])
+    assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in runs)
+    assert len(c.search_model_versions("name='salt-cvt'")) == versions
+    assert len(c.get_metric_history(parent.info.run_id, "cv_map")) == 1
+    assert c.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+# ---------------------------------------------------------------- time budget
+
+
+BUDGET = ["schedule.cycle_epochs=50", "schedule.budget_minutes=0.05"]  # unbudgeted: 2 x 50 epochs x 2 steps
+
+
+def _budget_run(c: MlflowClient, run_id: str) -> tuple[dict, dict]:
+    run = c.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["salt.status"] == "FINISHED"
+    return run.data.metrics, run.data.params
+
+
+def test_budgeted_run_stops_within_its_plan_and_logs_it(synth_dir, mlflow_store, tmp_path):
+    cfg = tiny_cfg(synth_dir, *FAST, *BUDGET)
+    unbudgeted_steps = cfg.schedule.cycles * cfg.schedule.cycle_epochs * cfg.train.max_train_batches
+    info = run_fold(cfg, 0, study="budget")
+    c = MlflowClient(mlflow_store)
+    m, p = _budget_run(c, info.run_id)
+    assert m["budget_minutes"] == pytest.approx(0.05) and p["budget_minutes"] == "0.05"
+    assert 1 <= m["done_epochs"] <= m["planned_epochs"] and 0 < m["done_steps"] <= m["planned_steps"]
+    assert m["done_steps"] < unbudgeted_steps and m["done_steps"] == m["done_epochs"] * 2
+    assert int(p["planned_cycles"]) * int(p["planned_cycle_epochs"]) == m["planned_epochs"]
+    assert m["budget_used_s"] > 0
+    assert len(c.search_model_versions("name='salt-budget'")) >= 1 and info.versions
+    assert len(c.get_metric_history(info.run_id, "val_map")) == m["done_epochs"]
+    saved = torch.load(tmp_path / "work" / info.run_id / "last.pt", weights_only=False)["state"]["budget"]
+    assert saved["cycles"] == int(p["planned_cycles"]) and saved["used_s"] > 0
+
+
+class Interrupt(HookBase):
+    def on_epoch(self, event: EpochEnd) -> None:
+        raise KeyboardInterrupt
+
+
+def test_budget_stop_mid_cycle_publishes_it_and_a_resumed_run_keeps_its_plan(synth_dir, mlflow_store, monkeypatch,
+                                                                           tmp_path):
+    """The first batches look very fast (a plan of many epochs), the measured epochs are not: the run stops
+    mid-cycle, publishes that cycle's best epoch and ends FINISHED; killed before, a resume keeps the plan."""
+    monkeypatch.setattr(fold_run, "probe_seconds", lambda *a, **k: (1e-3, 1e-4))
+    cfg = tiny_cfg(synth_dir, *FAST, *BUDGET)
+    with pytest.raises(KeyboardInterrupt):
+        run_fold(cfg, 0, study="stop", extra_hooks=[Interrupt()])
+    c = MlflowClient(mlflow_store)
+    (killed,) = c.search_runs([c.get_experiment_by_name("salt/stop").experiment_id])
+    assert killed.info.status == "KILLED"
+    before = torch.load(tmp_path / "work" / killed.info.run_id / "last.pt", weights_only=False)["state"]["budget"]
+    assert before["cycle_epochs"] > 1 and before["used_s"] > 0
+    info = run_fold(cfg, 0, study="stop", resume=True)
+    assert info.run_id == killed.info.run_id
+    m, p = _budget_run(c, info.run_id)
+    assert (int(p["planned_cycles"]), int(p["planned_cycle_epochs"])) == (before["cycles"], before["cycle_epochs"])
+    assert m["done_steps"] < m["planned_steps"] and m["budget_used_s"] > before["used_s"]
+    (version,) = c.search_model_versions("name='salt-stop'")
+    assert version.tags["cycle"] == "0" and info.versions == {0: str(version.version)}
+
+
+def test_interrupted_cv_continues_the_same_parent_and_the_unfinished_fold(synth_dir, mlflow_store, monkeypatch):
+    import salt_exp.cv as cv
+
+    real, calls = cv.run_fold, []
+
+    def interrupt_fold1_once(cfg, fold, **kw):
+        calls.append(fold)
+        hooks = [Interrupt()] if fold == 1 and calls.count(1) == 1 else []
+        return real(cfg, fold, **kw, extra_hooks=hooks)
+
+    monkeypatch.setattr(cv, "run_fold", interrupt_fold1_once)
+    cfg = tiny_cfg(synth_dir, *FAST)
+    with pytest.raises(KeyboardInterrupt):
+        cv.run_cv(cfg, folds=[0, 1], study="cvk")
+    c = MlflowClient(mlflow_store)
+    exp = c.get_experiment_by_name("salt/cvk").experiment_id
+    (parent,) = c.search_runs([exp], "tags.`salt.role` = 'cv'")
+    assert parent.info.status == "KILLED" and parent.data.tags["salt.status"] == "INTERRUPTED"
+    (killed,) = c.search_runs([exp], "tags.`salt.fold` = '1'")
+    assert killed.info.status == "KILLED"
+    result = cv.run_cv(cfg, folds=[0, 1], study="cvk")
+    assert result.run_id == parent.info.run_id and result.trained == [1] and result.fold_runs[1] == killed.info.run_id
+    assert len(c.search_runs([exp])) == 3 and c.get_run(parent.info.run_id).info.status == "FINISHED"
+    assert c.get_run(killed.info.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
