@@ -23,7 +23,7 @@ RECIPE = ["train.device=cpu", "train.max_train_batches=25", "train.val_batch_siz
           "optim.lr=0.05", "train.channels_last=false"]
 
 
-def one_run(config: str, data: str, seed: int, precision: str, extra: list[str]) -> dict:
+def one_run(config: str, data: str, *, seed: int, precision: str, extra: list[str]) -> dict:
     from mlflow.tracking import MlflowClient
 
     from salt_exp.config import load_config
@@ -54,7 +54,7 @@ def main() -> None:
         os.environ["SALT_EXP_WORK"] = f"{tmp}/work"
         for seed in args.seeds:
             for precision in ("fp32", "bf16"):
-                rows.append(one_run(args.config, args.data, seed, precision, args.set))
+                rows.append(one_run(args.config, args.data, seed=seed, precision=precision, extra=args.set))
                 r = rows[-1]
                 print(f"seed {seed} {r['precision']:>4}: best val_map {r['best_val_map']:.4f}, "
                       f"{r['images_per_s']:.1f} img/s", flush=True)

@@ -231,13 +231,8 @@ def _add_source_args(p: argparse.ArgumentParser, submission: bool) -> None:
     p.add_argument("--no-log", action="store_true", help="only write files, log nothing to MLflow")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from salt_exp.contract import ADHOC
-    from salt_exp.ensemble.options import EnsembleOptions
-
-    parser = argparse.ArgumentParser(prog="salt-exp", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    """``data check``, ``data folds``, ``data synth``."""
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("check", help="validate a Kaggle-layout folder and report what it holds")
     p.add_argument("dir")
@@ -253,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_data_folds)
     _add_synth_args(data.add_parser("synth", help="write the synthetic TGS-like dataset"))
+
+
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    """``train``, ``cv``, ``study``, ``study-report``: runs that train."""
+    from salt_exp.contract import ADHOC
 
     p = sub.add_parser("train", help="train one fold of one config as an MLflow run")
     p.add_argument("config", help="experiment YAML (may use extends:)")
@@ -287,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_study_report)
 
+
+def _add_result_commands(sub: argparse._SubParsersAction) -> None:
+    """``ensemble``, ``viz``, ``report``: what is built from the runs' stored results."""
+    from salt_exp.ensemble.options import EnsembleOptions
+
     p = sub.add_parser("ensemble", help="build, score and register an ensemble from the registry; write a submission")
     p.add_argument("--study", required=True)
     p.add_argument("--models", help="comma list of registered models (default salt-<study>)")
@@ -320,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worst", type=int, default=12, help="tiles in the gallery of worst tiles")
     p.set_defaults(func=cmd_report)
 
+
+def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
+    """``models``, ``score``."""
     p = sub.add_parser("models", help="list the encoders with parameter counts")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
@@ -329,6 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("solution")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_score)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="salt-exp", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_data_commands, _add_run_commands, _add_result_commands, _add_tool_commands):
+        add(sub)
     return parser
 
 

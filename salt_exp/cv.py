@@ -25,7 +25,7 @@ import numpy as np
 from salt_exp import contract as C
 from salt_exp.config import ExperimentConfig, config_hash, dump_yaml, flatten
 from salt_exp.contract import CVRunTags, FoldStatus, RunStatus, SnapshotVersion, Tag, TrialState
-from salt_exp.errors import SaltError
+from salt_exp.errors import SaltError, one_line
 from salt_exp.metrics import bin_breakdown, coverage_bins, image_scores
 from salt_exp.stores import download_cache
 from salt_exp.tracking import RunTracker, fetch_artifact, find_runs, run_summary, snapshot_versions
@@ -82,12 +82,12 @@ def run_cv(cfg: ExperimentConfig, *, folds: list[int] | None = None, study: str 
         infos = {f: _fold(cfg, f, study=study, parent_id=tracker.run_id) for f in folds}
         result = _summarize(tracker, cfg, study, infos)
     except KeyboardInterrupt:
-        _close(tracker, TrialState.INTERRUPTED, started=started, status=RunStatus.KILLED)
+        tracker.close_parent(TrialState.INTERRUPTED, started=started, status=RunStatus.KILLED)
         raise
     except Exception as exc:
-        _close(tracker, TrialState.FAIL, started=started, status=RunStatus.FAILED, failure=_one_line(exc))
+        tracker.close_parent(TrialState.FAIL, started=started, status=RunStatus.FAILED, failure=one_line(exc))
         raise
-    _close(tracker, TrialState.COMPLETE, started=started, status=RunStatus.FINISHED)
+    tracker.close_parent(TrialState.COMPLETE, started=started, status=RunStatus.FINISHED)
     return result
 
 
@@ -163,17 +163,3 @@ def _log_changed(tracker: RunTracker, metrics: dict[str, float]) -> None:
     fresh = {k: v for k, v in metrics.items() if k not in held or not math.isclose(held[k], v, abs_tol=1e-12)}
     if fresh:
         tracker.log_metrics(fresh, step=0)
-
-
-def _close(tracker: RunTracker, state: TrialState, *, started: float, status: RunStatus, failure: str = "") -> None:
-    previous = float(tracker.tags().get(Tag.DURATION_S, 0) or 0)
-    tags = {Tag.STATUS: state.value, Tag.DURATION_S: f"{previous + time.time() - started:.1f}"}
-    if failure:
-        tags[Tag.FAILURE] = failure
-    tracker.set_tags(tags)
-    tracker.end(status)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:500]

@@ -12,3 +12,9 @@ class SaltError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` of any exception on one line (at most 500 characters), for tags and logs."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]

@@ -94,7 +94,7 @@ class OptimConfig:
     grad_clip: float | None = _num(None, gt=0.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScheduleConfig:
     """Cosine cycles with warm restarts. ``min_lr`` is an absolute LR, not a ratio of the max LR."""
 

@@ -21,13 +21,14 @@ import optuna
 from optuna.trial import TrialState
 
 from salt_exp.contract import TrialAttr, experiment_name
+from salt_exp.errors import one_line
 from salt_exp.signals import term_as_interrupt
 from salt_exp.stores import artifact_root, sqlite_path, tracking_uri
 from salt_exp.study.recover import Heartbeat, budget_left, over_budget, recover_stale, requeue
 from salt_exp.study.server import LocalServer
 from salt_exp.study.spec import StudySpec, load_study_spec
 from salt_exp.study.storage import open_study
-from salt_exp.study.trial import TrialContext, one_line, run_trial
+from salt_exp.study.trial import TrialContext, run_trial
 from salt_exp.tracking import experiment_id
 
 

@@ -16,6 +16,7 @@ import optuna
 from salt_exp import contract as C
 from salt_exp.config import ExperimentConfig, apply_overrides
 from salt_exp.contract import FoldStatus, RunStatus, Tag, TrialAttr, TrialRunTags, TrialState
+from salt_exp.errors import one_line
 from salt_exp.study.recover import mlflow_trial_number
 from salt_exp.study.spec import StudySpec, trial_overrides
 from salt_exp.study.storage import study_uid
@@ -74,15 +75,6 @@ def _parent_run(ctx: TrialContext, trial: optuna.Trial, number: int, params: dic
     return tracker, bool(found)
 
 
-def _close(tracker: RunTracker, state: TrialState, *, started: float, status: RunStatus, failure: str = "") -> None:
-    previous = float(tracker.tags().get(Tag.DURATION_S, 0) or 0)
-    tags = {Tag.STATUS: state.value, Tag.DURATION_S: f"{previous + time.time() - started:.1f}"}
-    if failure:
-        tags[Tag.FAILURE] = failure
-    tracker.set_tags(tags)
-    tracker.end(status)
-
-
 def _fold_map(cfg: ExperimentConfig, fold: int, ctx: TrialContext, trial: optuna.Trial, *, number: int,
               parent_id: str, resume: bool, offset: int) -> float:
     info = run_fold(cfg, fold, study=ctx.spec.name, trial=number, parent_run_id=parent_id, resume=resume,
@@ -122,18 +114,13 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> float:
         tracker.log_metrics({C.Metric.CV_MAP: cv_map}, step=0)
     except optuna.TrialPruned as exc:
         _mark_fold(cfg, ctx, number, fold=fold, status=FoldStatus.PRUNED)
-        _close(tracker, TrialState.PRUNED, started=started, status=RunStatus.KILLED, failure=str(exc))
+        tracker.close_parent(TrialState.PRUNED, started=started, status=RunStatus.KILLED, failure=str(exc))
         raise
     except KeyboardInterrupt:
-        _close(tracker, TrialState.INTERRUPTED, started=started, status=RunStatus.KILLED)
+        tracker.close_parent(TrialState.INTERRUPTED, started=started, status=RunStatus.KILLED)
         raise
     except Exception as exc:
-        _close(tracker, TrialState.FAIL, started=started, status=RunStatus.FAILED, failure=one_line(exc))
+        tracker.close_parent(TrialState.FAIL, started=started, status=RunStatus.FAILED, failure=one_line(exc))
         raise
-    _close(tracker, TrialState.COMPLETE, started=started, status=RunStatus.FINISHED)
+    tracker.close_parent(TrialState.COMPLETE, started=started, status=RunStatus.FINISHED)
     return cv_map
-
-
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:500]

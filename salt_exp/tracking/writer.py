@@ -121,6 +121,15 @@ class RunTracker:
             self._monitor = None
         self.client.set_terminated(self.run_id, status=str(getattr(status, "value", status)))
 
+    def close_parent(self, state: str, *, started: float, status: str, failure: str = "") -> None:
+        """End a parent run (trial or cv): its state tag, the wall time added up over attempts, the failure."""
+        previous = float(self.tags().get(Tag.DURATION_S, 0) or 0)
+        tags = {Tag.STATUS: str(state), Tag.DURATION_S: f"{previous + time.time() - started:.1f}"}
+        if failure:
+            tags[Tag.FAILURE] = failure
+        self.set_tags(tags)
+        self.end(status)
+
     def register_version(self, model_name: str, artifact_path: str, tags: Mapping[str, Any],
                          key_tag: str = "cycle") -> str:
         """Register ``artifact_path`` of this run as a version of ``model_name``, exactly once.
