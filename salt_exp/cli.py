@@ -52,6 +52,13 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_bins(bins: list[dict]) -> None:
+    """The coverage-bin breakdown (metrics.bin_breakdown rows) as a table."""
+    print(f"{'bin':>8} {'count':>6} {'score':>8} {'err share':>10}")
+    for b in bins:
+        print(f"{b['bin']:>8} {b['count']:>6} {b['mean_score']:>8.4f} {b['err_share']:>10.1%}")
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from salt_exp.scoring import score_files
 
@@ -63,9 +70,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     for split in ("public", "private"):
         if result.get(split) is not None:
             print(f"{split:8} {result[split]:.6f} ({result[f'n_{split}']} images)")
-    print(f"{'bin':>8} {'count':>6} {'score':>8} {'err share':>10}")
-    for b in result["bins"]:
-        print(f"{b['bin']:>8} {b['count']:>6} {b['mean_score']:>8.4f} {b['err_share']:>10.1%}")
+    _print_bins(result["bins"])
     return 0
 
 
@@ -91,9 +96,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
           f"trained now: {r.trained or 'none (all folds had finished)'}")
     for fold, value in r.fold_maps.items():
         print(f"  fold {fold}: {value:.4f} (run {r.fold_runs[fold]})")
-    print(f"{'bin':>8} {'count':>6} {'score':>8} {'err share':>10}")
-    for b in r.bins:
-        print(f"{b['bin']:>8} {b['count']:>6} {b['mean_score']:>8.4f} {b['err_share']:>10.1%}")
+    _print_bins(r.bins)
     return 0
 
 

@@ -22,7 +22,7 @@ alias ``champion``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -357,6 +357,11 @@ class SnapshotVersion:
         """The row of ``ensemble/members.json``."""
         return {"key": self.key, "run_id": self.run_id, "fold": self.fold, "cycle": self.cycle,
                 "val_map": self.val_map, "encoder": self.encoder, "trial": self.trial}
+
+
+def best_snapshot(versions: Sequence[SnapshotVersion]) -> SnapshotVersion:
+    """The best of one run's snapshots: highest ``val_map``, ties keep the earlier cycle."""
+    return max(versions, key=lambda v: (v.val_map, -v.cycle))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -122,7 +122,7 @@ def best_snapshots(study: str, runs: dict[int, str]) -> dict[int, SnapshotVersio
         mine = [v for v in versions if v.run_id == run_id]
         if not mine:
             raise SaltError(f"fold {fold}: run {run_id} has no registered snapshot in {C.snapshot_model(study)}")
-        best[fold] = max(mine, key=lambda v: (v.val_map, -v.cycle))
+        best[fold] = C.best_snapshot(mine)
     return best
 
 

@@ -14,6 +14,7 @@ from salt_exp.data.kaggle import TileSet
 from salt_exp.ensemble.select import Member
 from salt_exp.tracking import fetch_artifact
 from salt_exp.train.engine import choose_runtime, predict
+from salt_exp.train.precision import resolve_device
 from salt_exp.train.setup import build_parts
 
 
@@ -31,7 +32,7 @@ def predict_member(member: Member, tiles: TileSet, cache: Path, device: str = "a
     model, adapter, cfg = load_member(member, cache)
     t = cfg.train
     ds = TileDataset(tiles.images, None, tiles.depths, cfg.data.channels)
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    cuda = resolve_device(device).type == "cuda"
     loader = make_loader(ds, t.val_batch_size, False, 0, seed=cfg.seed, pin_memory=cuda)
     # the snapshot's own precision rule (auto: a prediction pass timed in fp32 and bf16, cached per CPU and model)
     batch = next(iter(loader)) if "auto" in (t.precision, t.channels_last, t.threads) else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,8 @@ def fetch_artifact(run_id: str, artifact_path: str, cache: Path) -> Path:
     local = cache / run_id / artifact_path
     if not local.exists():
         local.parent.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(local.parent),
-                                            tracking_uri=tracking_uri())
+        with tempfile.TemporaryDirectory(dir=local.parent, prefix=".download-") as tmp:  # a cut download is no hit
+            got = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp,
+                                                      tracking_uri=tracking_uri())
+            os.replace(got, local)
     return local

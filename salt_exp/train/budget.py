@@ -9,15 +9,14 @@ stops before one that would overrun the budget. The plan lives in the run state
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 
-import numpy as np
 import torch
 
 from salt_exp.data.padding import TileAdapter
 from salt_exp.train.engine import LossFn, Runtime, predict, train_step
+from salt_exp.train.precision import preserved
 from salt_exp.train.state import BudgetPlan
 
 PROBE_STEPS = 3  # timed training steps, after one untimed warm-up step
@@ -51,10 +50,8 @@ def probe_seconds(model: torch.nn.Module, adapter: TileAdapter, loss_fn: LossFn,
                   batch: dict, rt: Runtime, scaler: torch.amp.GradScaler, grad_clip: float | None) -> tuple[float, float]:
     """(seconds per training step, seconds per validated image), timed on ``batch``. The model, optimizer,
     scaler and random states are restored afterwards: the run trains as if nothing had been timed."""
-    saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()),
-             copy.deepcopy(scaler.state_dict()), torch.get_rng_state(), np.random.get_state())
     images, masks = rt.to_input(batch["image"]), batch["mask"].to(rt.device)
-    try:
+    with preserved(model, optimizer, scaler):
         model.train()
         times = []
         for _ in range(PROBE_STEPS + 1):
@@ -66,10 +63,4 @@ def probe_seconds(model: torch.nn.Module, adapter: TileAdapter, loss_fn: LossFn,
         with torch.no_grad():
             predict(model, adapter, [batch], rt, loss_fn=loss_fn)
         per_image = (time.perf_counter() - t0) / max(len(images), 1)
-    finally:
-        model.load_state_dict(saved[0])
-        optimizer.load_state_dict(saved[1])
-        scaler.load_state_dict(saved[2])
-        torch.set_rng_state(saved[3])
-        np.random.set_state(saved[4])
     return statistics.median(times[1:]), per_image

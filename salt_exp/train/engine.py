@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from salt_exp.data.padding import TileAdapter
 from salt_exp.models.unet import SaltOutput
-from salt_exp.train.precision import Candidate, PrecisionChoice, StepFn, choose
+from salt_exp.train.precision import Candidate, PrecisionChoice, StepFn, choose, resolve_device
 from salt_exp.train.schedule import CosineCycles
 
 LossFn = Callable[[SaltOutput, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -54,18 +54,14 @@ class Runtime:
 
     @classmethod
     def resolve(cls, device: str, amp: bool, channels_last: bool) -> Runtime:
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        dev = torch.device(device)
+        dev = resolve_device(device)
         on_cuda = dev.type == "cuda"
         return cls(dev, torch.float16 if amp and on_cuda else None, channels_last and on_cuda)
 
     @classmethod
     def for_choice(cls, device: str | torch.device, choice: PrecisionChoice | Candidate) -> Runtime:
         """The runtime of a measured (or requested) precision choice on ``device`` (``auto`` allowed)."""
-        if str(device) == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return cls(torch.device(device), choice.amp_dtype, choice.channels_last)
+        return cls(resolve_device(device), choice.amp_dtype, choice.channels_last)
 
     @property
     def amp(self) -> bool:
@@ -207,8 +203,7 @@ def choose_runtime(model: torch.nn.Module, adapter: TileAdapter, *, device: str,
     something must be timed; ``choose_kwargs`` go to :func:`salt_exp.train.precision.choose`
     (``cache_dir``, ``requested_threads``, ``warmup``, ``steps``, ``use_cache``, ...).
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     model.to(device)
     training = loss_fn is not None and optimizer is not None
     step_fn = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from salt_exp.train.budget import plan_cycles, probe_seconds, should_stop
 from salt_exp.train.engine import NonFiniteLoss, Runtime, choose_runtime, forward_cropped, predict, train_epoch
 from salt_exp.train.hooks import BudgetReport, EpochEnd, HookBase, Hooks, RunEnd, RunStart, SnapshotReady
 from salt_exp.train.lr_find import LRFindResult, lr_range_test
-from salt_exp.train.precision import PrecisionChoice
+from salt_exp.train.precision import PrecisionChoice, resolve_device
 from salt_exp.train.schedule import CosineCycles, cosine_cycles
 from salt_exp.train.setup import FoldData, build_optimizer, build_parts, train_loader, val_loader
 from salt_exp.train.state import BudgetPlan, RunState, SnapshotRef, drop_files, load_state, save_snapshot, save_state
@@ -53,7 +54,7 @@ class FoldTrainer:
     def __init__(self, cfg: ExperimentConfig, fd: FoldData, fold: int, *, workdir: Path, hooks: list[HookBase]) -> None:
         self.cfg, self.fd, self.fold, self.workdir, self.hooks = cfg, fd, fold, workdir, Hooks(hooks)
         self.model, self.adapter, self.loss_fn = build_parts(cfg)
-        self.model.to(Runtime.resolve(cfg.train.device, False, False).device)  # params on the device before the optimizer
+        self.model.to(resolve_device(cfg.train.device))  # params on the device before the optimizer is built
         lr0 = cfg.optim.lr if cfg.optim.lr != "auto" else cfg.lr_find.start_lr
         self.optimizer = build_optimizer(cfg, self.model, lr0)
         self.rt, self.precision = self._choose_runtime()
@@ -73,6 +74,12 @@ class FoldTrainer:
         plan = self.state.budget
         return plan.epochs if plan is not None else self.cfg.schedule.cycles * self.cfg.schedule.cycle_epochs
 
+    @cached_property
+    def _first_batch(self) -> dict:
+        """Epoch 0's first batch, for timing (precision, budget): its loader has its own seeded generator, so
+        drawing it changes no random state of the run; drawn once however many timings use it."""
+        return next(iter(train_loader(self.cfg, self.fd, 0)))
+
     @property
     def last_path(self) -> Path:
         return self.workdir / "last.pt"
@@ -88,7 +95,7 @@ class FoldTrainer:
             rt.prepare_model(self.model)
             return rt, choice
         timed = "auto" in (t.precision, t.channels_last, t.threads)
-        batch = next(iter(train_loader(self.cfg, self.fd, 0))) if timed else None  # its own seeded generator
+        batch = self._first_batch if timed else None
         rt, choice = choose_runtime(self.model, self.adapter, device=t.device, precision=t.precision,
                                     channels_last=t.channels_last, amp=t.amp, batch=batch, loss_fn=self.loss_fn,
                                     optimizer=self.optimizer, grad_clip=self.cfg.optim.grad_clip,
@@ -220,7 +227,7 @@ class FoldTrainer:
         if minutes is None or self.state.budget is not None:
             self._report_budget(final=False)
             return
-        batch = next(iter(train_loader(self.cfg, self.fd, 0)))  # its own seeded generator
+        batch = self._first_batch
         step_s, image_s = probe_seconds(self.model, self.adapter, self.loss_fn, self.optimizer, batch=batch,
                                         rt=self.rt, scaler=self.scaler, grad_clip=self.cfg.optim.grad_clip)
         used, val_s = time.perf_counter() - self._clock, image_s * len(self.fd.val_idx)

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from salt_exp.contract import Tag
@@ -143,6 +144,13 @@ class PrecisionChoice:
 # ---------------------------------------------------------------------------------- the choice
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` is CUDA when present, else the CPU; any other name as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def default_cache_dir() -> Path:
     """The dataset cache folder (``salt_exp.stores.dataset_cache``, read at call time)."""
     return dataset_cache()
@@ -191,10 +199,14 @@ def _is_channels_last(model: torch.nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def preserved(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Iterator[None]:
-    """Run the body, then put model, optimizer, gradients, RNG, mode, layout and threads back exactly."""
+def preserved(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+              scaler: torch.amp.GradScaler | None = None) -> Iterator[None]:
+    """Run the body, then put model, optimizer, grad scaler, gradients, torch and numpy RNG, mode, layout
+    and threads back exactly: steps timed inside leave no trace on the run."""
     model_state = copy.deepcopy(model.state_dict())
     optim_state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+    scaler_state = copy.deepcopy(scaler.state_dict()) if scaler is not None else None
+    numpy_rng = np.random.get_state()
     grads = [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
@@ -207,6 +219,9 @@ def preserved(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = 
         model.load_state_dict(model_state)
         if optimizer is not None:
             optimizer.load_state_dict(optim_state)
+        if scaler is not None:
+            scaler.load_state_dict(scaler_state)
+        np.random.set_state(numpy_rng)
         for p, g in zip(model.parameters(), grads, strict=True):
             p.grad = g
         torch.set_rng_state(rng)
@@ -353,7 +368,7 @@ def choose(
     _check(requested_precision, requested_channels_last, requested_threads)
     requested = (f"precision={requested_precision} channels_last={str(requested_channels_last).lower()} "
                  f"threads={requested_threads or 'auto'}")
-    dev = torch.device(device if str(device) != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     if dev.type == "cuda":
         return _cuda_choice(requested_precision, requested_channels_last, amp, requested)
     cpu = cpu or detect_cpu()

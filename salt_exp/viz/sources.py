@@ -80,7 +80,7 @@ def ensemble_oof(run_id: str, cache: Path) -> Predictions:
 
 def _pick_snapshot(run_id: str, versions: list[SnapshotVersion], cycle: int | None) -> SnapshotVersion:
     if cycle is None:
-        return max(versions, key=lambda v: (v.val_map, -v.cycle))
+        return C.best_snapshot(versions)
     chosen = next((v for v in versions if v.cycle == cycle), None)
     if chosen is None:
         raise SaltError(f"--cycle {cycle}: run {run_id} has snapshots of cycles {sorted(v.cycle for v in versions)}")
