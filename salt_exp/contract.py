@@ -161,6 +161,8 @@ class Metric:
     PLANNED_CYCLES = "planned_cycles"
     PLANNED_CYCLE_EPOCHS = "planned_cycle_epochs"
     PLANNED_EPOCHS = "planned_epochs"
+    BUDGET_SHARE = "budget_share"  # per epoch of a budgeted run: share of the budget spent at its end
+    PLANNED_EPOCH_BATCHES = "planned_epoch_batches"  # training batches per planned epoch (<= a full pass)
     PLANNED_STEPS = "planned_steps"
     DONE_EPOCHS = "done_epochs"
     DONE_STEPS = "done_steps"

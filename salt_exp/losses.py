@@ -128,7 +128,7 @@ class DeepSupervisionLoss:
         seg_weight: float = 0.1,
         fused_weight: float = 1.0,
     ) -> None:
-        self.seg_loss = build_seg_loss(seg_terms)
+        self.seg_loss, self.terms = build_seg_loss(seg_terms), dict(seg_terms)
         self.cls_weight, self.seg_weight, self.fused_weight = cls_weight, seg_weight, fused_weight
 
     def __call__(self, output: SaltOutput, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -15,7 +15,7 @@ from salt_exp.cv import parse_folds
 from salt_exp.errors import SaltError
 from salt_exp.metrics import BIN_NAMES
 from salt_exp.train import fold_run
-from salt_exp.train.budget import plan_cycles, should_stop
+from salt_exp.train.budget import plan_cycles, replan, should_stop
 from salt_exp.train.hooks import EpochEnd, HookBase
 from salt_exp.train.run import run_fold
 from salt_exp.train.state import BudgetPlan
@@ -27,18 +27,35 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # ---------------------------------------------------------------- pure parts
 
 
-def test_plan_cycles_fits_whole_epochs_and_keeps_the_cycles():
-    assert plan_cycles(budget_s=100, used_s=10, epoch_s=9, cycles=3) == (3, 3, "")  # 10 epochs fit: 3 x 3
-    cycles, epochs, note = plan_cycles(budget_s=100, used_s=10, epoch_s=40, cycles=3)
-    assert (cycles, epochs) == (2, 1) and "instead of 3" in note
-    cycles, epochs, note = plan_cycles(budget_s=100, used_s=99, epoch_s=40, cycles=3)
-    assert (cycles, epochs) == (1, 1) and "not even one epoch" in note
+def test_plan_cycles_fills_the_budget_with_shortened_epochs_and_keeps_the_cycles():
+    # 10 full epochs (10 s each, 1 s of it validation) fit in the 97 s planned of the 100 s left: 3 cycles of
+    # 4 epochs, each epoch shortened to what fits, instead of 3 x 3 full epochs leaving a quarter unused
+    plan = plan_cycles(budget_s=110, used_s=10, step_s=1.0, steps_per_epoch=9, val_s=1.0, cycles=3)
+    assert (plan.cycles, plan.cycle_epochs, plan.note) == (3, 4, "")
+    assert plan.epoch_steps == 7 and 12 * (plan.epoch_steps + 1.0) <= 97
+    plan = plan_cycles(budget_s=110, used_s=10, step_s=1.0, steps_per_epoch=9, val_s=1.0, cycles=10)
+    assert (plan.cycles, plan.cycle_epochs, plan.epoch_steps) == (10, 1, 8)  # 10 epochs of 8 of the 9 batches
+    plan = plan_cycles(budget_s=42.3, used_s=0, step_s=1.0, steps_per_epoch=9, val_s=1.0, cycles=2)
+    assert (plan.cycle_epochs, plan.epoch_steps) == (2, 9)  # 4.1 epochs fit: 2 x 2 full ones, never longer
+
+
+def test_plan_cycles_drops_cycles_when_quarter_epochs_do_not_fit():
+    plan = plan_cycles(budget_s=100, used_s=10, step_s=1.0, steps_per_epoch=40, val_s=1.0, cycles=10)
+    assert (plan.cycles, plan.cycle_epochs) == (7, 1) and "instead of 10" in plan.note  # 7 x 11 s of 87 s
+    assert plan.epoch_steps == 11
+    plan = plan_cycles(budget_s=100, used_s=99, step_s=1.0, steps_per_epoch=40, val_s=1.0, cycles=3)
+    assert (plan.cycles, plan.cycle_epochs, plan.epoch_steps) == (1, 1, 10) and "not even one epoch" in plan.note
 
 
 def test_should_stop_uses_measured_epochs_and_always_trains_the_first():
-    plan = BudgetPlan(budget_minutes=10 / 60, cycles=2, cycle_epochs=5, steps_per_epoch=4, step_s=0.25, val_s=0.0, used_s=9.5)
-    assert plan.epoch_s == 1.0 and not should_stop(plan, 0) and should_stop(plan, 1)
-    plan.used_s, plan.epoch_wall_s = 5.0, [1.0, 6.0]  # re-estimated from the epochs run: 3.5 s
+    plan = BudgetPlan(budget_minutes=10 / 60, cycles=2, cycle_epochs=5, steps_per_epoch=4, step_s=0.25, val_s=0.0, used_s=9.2)
+    assert plan.epoch_s == 1.0 and not should_stop(plan, 1)  # ends at 10.2 s: within 3% of the 10 s budget
+    plan.used_s = 9.5
+    assert not should_stop(plan, 0) and should_stop(plan, 1)
+    plan.epoch_steps = 2  # a planned epoch of 2 of the 4 batches
+    assert plan.epoch_s == 0.5 and not should_stop(plan, 1)
+    plan.epoch_steps = 0
+    plan.used_s, plan.epoch_wall_s, plan.epoch_batches = 5.0, [1.0, 6.0], [4, 4]  # measured: 7 s / 8 batches
     assert plan.epoch_s == 3.5 and not should_stop(plan, 2)
     plan.stopped = True
     assert should_stop(plan, 2)
@@ -63,6 +80,8 @@ def test_unset_budget_leaves_the_config_hash_as_before(synth_dir):
     payload = to_dict(cfg)
     payload.pop("name")
     assert payload["schedule"].pop("budget_minutes") is None  # in the config, not in the hash of an unbudgeted one
+    assert payload["loss"].pop("late_terms") is None and payload["loss"].pop("late_from_cycle") == 1  # nor these
+    assert config_hash(cfg) != config_hash(tiny_cfg(synth_dir, "loss.late_terms.lovasz=1.0"))
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     assert config_hash(cfg) == hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
@@ -128,13 +147,39 @@ def test_budgeted_run_stops_within_its_plan_and_logs_it(synth_dir, mlflow_store,
     m, p = _budget_run(c, info.run_id)
     assert m["budget_minutes"] == pytest.approx(0.05) and p["budget_minutes"] == "0.05"
     assert 1 <= m["done_epochs"] <= m["planned_epochs"] and 0 < m["done_steps"] <= m["planned_steps"]
-    assert m["done_steps"] < unbudgeted_steps and m["done_steps"] == m["done_epochs"] * 2
+    assert m["done_steps"] < unbudgeted_steps and m["done_epochs"] <= m["done_steps"] <= m["done_epochs"] * 2
     assert int(p["planned_cycles"]) * int(p["planned_cycle_epochs"]) == m["planned_epochs"]
     assert m["budget_used_s"] > 0
     assert len(c.search_model_versions("name='salt-budget'")) >= 1 and info.versions
     assert len(c.get_metric_history(info.run_id, "val_map")) == m["done_epochs"]
     saved = torch.load(tmp_path / "work" / info.run_id / "last.pt", weights_only=False)["state"]["budget"]
     assert saved["cycles"] == int(p["planned_cycles"]) and saved["used_s"] > 0
+
+
+def test_budgeted_epochs_report_their_share_of_the_budget(synth_dir, mlflow_store):
+    info = run_fold(tiny_cfg(synth_dir, *FAST, *BUDGET), 0, study="share")
+    c = MlflowClient(mlflow_store)
+    shares = [m.value for m in sorted(c.get_metric_history(info.run_id, "budget_share"), key=lambda m: m.step)]
+    m = c.get_run(info.run_id).data.metrics
+    assert len(shares) == m["done_epochs"] and shares == sorted(shares) and 0 < shares[0]
+    assert shares[-1] * 60 * m["budget_minutes"] <= m["budget_used_s"] + 1e-6  # spent at the last epoch's end
+
+
+def test_late_loss_terms_replace_the_first_from_their_cycle(synth_dir, mlflow_store, monkeypatch):
+    """BCE + Lovasz for cycle 0, Dice from cycle 1 on (2 cycles x 2 epochs); validation uses the epoch's loss."""
+    seen = []
+    real = fold_run.train_epoch
+
+    def spy(model, adapter, loss_fn, *a, **k):
+        seen.append(loss_fn.terms)
+        return real(model, adapter, loss_fn, *a, **k)
+
+    monkeypatch.setattr(fold_run, "train_epoch", spy)
+    cfg = tiny_cfg(synth_dir, *FAST, "loss.late_terms={dice: 1.0}", "lr_find.enabled=false", "optim.lr=0.01")
+    run_fold(cfg, 0, study="late")
+    assert seen == [{"bce": 1.0, "lovasz": 0.5}] * 2 + [{"dice": 1.0}] * 2
+    with pytest.raises(SaltError, match="loss.late_terms has unknown term 'lovaz'"):
+        tiny_cfg(synth_dir, "loss.late_terms.lovaz=1.0")
 
 
 class Interrupt(HookBase):
@@ -147,7 +192,8 @@ def test_budget_stop_mid_cycle_publishes_it_and_a_resumed_run_keeps_its_plan(syn
     """The first batches look very fast (a plan of many epochs), the measured epochs are not: the run stops
     mid-cycle, publishes that cycle's best epoch and ends FINISHED; killed before, a resume keeps the plan."""
     monkeypatch.setattr(fold_run, "probe_seconds", lambda *a, **k: (1e-3, 1e-4))
-    cfg = tiny_cfg(synth_dir, *FAST, *BUDGET)
+    # no LR finder: its measured step time would (rightly) correct the fake timing
+    cfg = tiny_cfg(synth_dir, *FAST, *BUDGET, "lr_find.enabled=false", "optim.lr=0.01")
     with pytest.raises(KeyboardInterrupt):
         run_fold(cfg, 0, study="stop", extra_hooks=[Interrupt()])
     c = MlflowClient(mlflow_store)
@@ -188,3 +234,18 @@ def test_interrupted_cv_continues_the_same_parent_and_the_unfinished_fold(synth_
     assert result.run_id == parent.info.run_id and result.trained == [1] and result.fold_runs[1] == killed.info.run_id
     assert len(c.search_runs([exp])) == 3 and c.get_run(parent.info.run_id).info.status == "FINISHED"
     assert c.get_run(killed.info.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+
+def test_replan_fits_the_epochs_left_to_the_measured_rate():
+    # planned from a probe of 0.1 s/batch: 2 cycles x 2 epochs of 10 batches; the first epoch took 5 s
+    # (0.4 s a batch once its 1 s of validation is taken off), 20 s of 30 are spent: the 3 epochs left
+    # shrink to the batches that fit in 97% of the 10 s left
+    plan = BudgetPlan(budget_minutes=0.5, cycles=2, cycle_epochs=2, steps_per_epoch=10, step_s=0.1, val_s=1.0,
+                      used_s=20.0, epoch_steps=10)
+    plan.epoch_wall_s, plan.epoch_batches = [5.0], [10]
+    replan(plan, 1)
+    assert plan.rate_s == pytest.approx(0.4) and plan.epoch_steps == 5  # (9.7 / 3 - 1) / 0.4 = 5.6
+    assert plan.epochs == 4 and plan.planned_steps == 10 + 3 * 5
+    plan.used_s, plan.epoch_wall_s = 2.0, [1.2]  # much faster than planned: epochs of a whole pass again
+    replan(plan, 1)
+    assert plan.epoch_steps == 10

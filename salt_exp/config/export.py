@@ -88,15 +88,21 @@ _Dumper.add_representer(
 )
 
 
-_HASH_OMIT_IF_NONE = (("schedule", "budget_minutes"),)
+# Fields added later, left out of the hash while they say "as before": (section, key, when-absent test).
+_HASH_OMIT = (
+    ("schedule", "budget_minutes", lambda sec: sec["budget_minutes"] is None),
+    ("loss", "late_terms", lambda sec: not sec["late_terms"]),
+    ("loss", "late_from_cycle", lambda sec: not sec.get("late_terms")),
+)
 
 
 def config_hash(cfg: ExperimentConfig, length: int = 12) -> str:
     """Stable short hash of what the experiment runs: every field except the ``name`` label."""
     payload = to_dict(cfg)
     payload.pop("name", None)
-    for section, key in _HASH_OMIT_IF_NONE:  # fields added later whose None means "as before"
-        if payload.get(section, {}).get(key, 0) is None:
-            del payload[section][key]
+    for section, key, as_before in _HASH_OMIT:
+        sec = payload.get(section, {})
+        if key in sec and as_before(sec):
+            del sec[key]
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]

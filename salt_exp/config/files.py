@@ -77,8 +77,8 @@ def _set_dotted(checked: dict[str, Any], text: str) -> None:
             continue
         if is_section(tp):
             node[part] = merge(node.get(part, {}), check_mapping(value, tp, where, f"{key}."), tp)
-        elif typing.get_origin(tp) is dict and len(rest) == 1:  # loss.seg_terms.lovasz=1.0 sets one entry
-            current = node.get(part, fld.default_factory() if callable(fld.default_factory) else {})
+        elif _dict_type(tp) is not None and len(rest) == 1:  # loss.seg_terms.lovasz=1.0 sets one entry
+            current = node.get(part, fld.default_factory() if callable(fld.default_factory) else None) or {}
             node[part] = convert({**current, rest[0]: value}, tp, f"{prefix}{part}", where, bounds=fld.metadata)
         elif rest:
             raise SaltError(f"{where}: '{prefix}{part}' is a value ({describe(tp)}), not a section")
@@ -86,6 +86,14 @@ def _set_dotted(checked: dict[str, Any], text: str) -> None:
             text_value = value_text.strip() if tp is str and not isinstance(value, str) else value
             node[part] = convert(text_value, tp, key, where, bounds=fld.metadata)
         return
+
+
+def _dict_type(tp: object) -> object | None:
+    """``dict[K, V]`` of a field typed ``dict[K, V]`` or ``dict[K, V] | None``, else None."""
+    if typing.get_origin(tp) is dict:
+        return tp
+    dicts = [a for a in typing.get_args(tp) if typing.get_origin(a) is dict]
+    return dicts[0] if len(dicts) == 1 and all(a is type(None) or a in dicts for a in typing.get_args(tp)) else None
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:

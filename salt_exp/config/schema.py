@@ -75,9 +75,15 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """``seg_terms`` maps loss-term names (owned by ``salt_exp.losses``) to weights; treat as read-only."""
+    """``seg_terms`` maps loss-term names (owned by ``salt_exp.losses``) to weights; treat as read-only.
+
+    ``late_terms`` (None: none) replace ``seg_terms`` from cycle ``late_from_cycle`` (0-based) on: a loss
+    schedule such as BCE while the model learns where salt is, then Lovasz to sharpen the IoU.
+    """
 
     seg_terms: dict[str, float] = field(default_factory=lambda: {"bce": 1.0, "lovasz": 0.5}, metadata={"ge": 0.0})
+    late_terms: dict[str, float] | None = field(default=None, metadata={"ge": 0.0})
+    late_from_cycle: int = _num(1, ge=1)
     cls_weight: float = _num(0.05, ge=0.0)
     seg_weight: float = _num(0.1, ge=0.0)
     fused_weight: float = _num(1.0, ge=0.0)
@@ -165,6 +171,14 @@ def check_consistency(cfg: ExperimentConfig, where: str) -> None:
         raise SaltError(
             f"{where}: schedule.warmup_epochs must be < schedule.cycle_epochs ({cfg.schedule.cycle_epochs})"
         )
+    from salt_exp.losses import SEG_LOSSES  # the loss-term names live with the losses
+
+    for key in ("seg_terms", "late_terms"):
+        unknown = [name for name in getattr(cfg.loss, key) or {} if name not in SEG_LOSSES]
+        if unknown:
+            raise SaltError(f"{where}: loss.{key} has unknown term {unknown[0]!r}; valid: {', '.join(SEG_LOSSES)}")
+    if not cfg.loss.seg_terms:
+        raise SaltError(f"{where}: loss.seg_terms is empty; give at least one term, e.g. {{bce: 1.0}}")
     low, high = cfg.augment.gamma_limit
     if low > high:
         raise SaltError(f"{where}: augment.gamma_limit must be [low, high] with low <= high, got {[low, high]}")

@@ -17,17 +17,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from salt_exp import contract as C
 from salt_exp.config import ExperimentConfig, to_dict
 from salt_exp.contract import FoldStatus
 from salt_exp.io import write_json
 from salt_exp.metrics import THRESHOLD_GRID, bin_breakdown, coverage_bins, image_scores, threshold_search
-from salt_exp.train.budget import plan_cycles, probe_seconds, should_stop
+from salt_exp.train.budget import plan_cycles, probe_seconds, replan, should_stop
 from salt_exp.train.engine import NonFiniteLoss, Runtime, choose_runtime, forward_cropped, predict, train_epoch
 from salt_exp.train.hooks import BudgetReport, EpochEnd, HookBase, Hooks, RunEnd, RunStart, SnapshotReady
 from salt_exp.train.lr_find import LRFindResult, lr_range_test
 from salt_exp.train.precision import PrecisionChoice, resolve_device
 from salt_exp.train.schedule import CosineCycles, cosine_cycles
-from salt_exp.train.setup import FoldData, build_optimizer, build_parts, train_loader, val_loader
+from salt_exp.train.setup import FoldData, build_loss, build_optimizer, build_parts, train_loader, val_loader
 from salt_exp.train.state import BudgetPlan, RunState, SnapshotRef, drop_files, load_state, save_snapshot, save_state
 
 
@@ -54,6 +55,7 @@ class FoldTrainer:
     def __init__(self, cfg: ExperimentConfig, fd: FoldData, fold: int, *, workdir: Path, hooks: list[HookBase]) -> None:
         self.cfg, self.fd, self.fold, self.workdir, self.hooks = cfg, fd, fold, workdir, Hooks(hooks)
         self.model, self.adapter, self.loss_fn = build_parts(cfg)
+        self.late_loss_fn = build_loss(cfg, late=True) if cfg.loss.late_terms else self.loss_fn
         self.model.to(resolve_device(cfg.train.device))  # params on the device before the optimizer is built
         lr0 = cfg.optim.lr if cfg.optim.lr != "auto" else cfg.lr_find.start_lr
         self.optimizer = build_optimizer(cfg, self.model, lr0)
@@ -62,6 +64,8 @@ class FoldTrainer:
         self.state = RunState()
         self.steps_per_epoch = len(train_loader(cfg, fd, 0))
         self._clock, self._epoch_mark = time.perf_counter(), None  # budgeted runs: time not yet charged
+        self._lr_find_step_s = 0.0  # wall seconds per LR-finder step (real loader batches) when it ran now
+        self._last_batches = 0  # training batches of the last epoch this process ran
 
     @property
     def cycle_epochs(self) -> int:
@@ -117,9 +121,11 @@ class FoldTrainer:
             self.state.max_lr = float(self.cfg.optim.lr)
             return
         torch.manual_seed(self.cfg.seed + 1)
+        t0 = time.perf_counter()
         result = lr_range_test(self.model, self._loss_step, train_loader(self.cfg, self.fd, -1), self.optimizer,
                                start_lr=lf.start_lr, end_lr=lf.end_lr, steps=lf.steps, smooth=lf.smooth,
                                diverge=lf.diverge)
+        self._lr_find_step_s = (time.perf_counter() - t0) / max(len(result.lrs), 1)
         self.state.lr_find = asdict(result)
         self.state.max_lr = result.suggestion if self.cfg.optim.lr == "auto" else float(self.cfg.optim.lr)
         self._save()
@@ -156,22 +162,33 @@ class FoldTrainer:
         if old is not None:
             drop_files(old.weights, old.oof)
 
-    def _epoch(self, epoch: int, schedule) -> None:
-        stats = train_epoch(self.model, self.adapter, self.loss_fn, train_loader(self.cfg, self.fd, epoch),
-                            optimizer=self.optimizer, schedule=schedule, step=self.state.step, rt=self.rt,
+    def loss_at(self, epoch: int):
+        """The loss of ``epoch``: ``loss.late_terms`` from cycle ``loss.late_from_cycle`` on, else the first."""
+        return self.late_loss_fn if epoch // self.cycle_epochs >= self.cfg.loss.late_from_cycle else self.loss_fn
+
+    def _epoch(self, epoch: int) -> None:
+        plan, loss_fn, schedule = self.state.budget, self.loss_at(epoch), self._schedule()
+        loader = train_loader(self.cfg, self.fd, epoch, batches=plan.batches if plan is not None else None)
+        # a budgeted run's epochs differ in length (re-planned): the LR follows the epoch's share of its cycle
+        start = epoch * plan.batches if plan is not None else self.state.step
+        stats = train_epoch(self.model, self.adapter, loss_fn, loader,
+                            optimizer=self.optimizer, schedule=schedule, step=start, rt=self.rt,
                             scaler=self.scaler, grad_clip=self.cfg.optim.grad_clip,
                             desc=f"fold {self.fold} epoch {epoch + 1}/{self.total_epochs}")
         t0 = time.perf_counter()
-        probs, val_loss = predict(self.model, self.adapter, val_loader(self.cfg, self.fd), self.rt, loss_fn=self.loss_fn)
+        probs, val_loss = predict(self.model, self.adapter, val_loader(self.cfg, self.fd), self.rt, loss_fn=loss_fn)
         metrics, bins = evaluate(probs, self.fd.val_masks)
         metrics.update(train_loss=stats.loss, val_loss=val_loss, lr=schedule.lr_at(max(stats.next_step - 1, 0)),
                        epoch_seconds=stats.seconds + time.perf_counter() - t0,
                        train_images_per_s=stats.images / max(stats.seconds, 1e-9))
-        self.state.step = stats.next_step
+        self._last_batches = stats.next_step - start
+        self.state.step += self._last_batches
         self._keep_if_best(epoch, metrics, probs, bins)
         self.state.history.append(metrics)
         self.state.epochs_done = epoch + 1
         self._charge()  # a budgeted run's spent time is saved with the epoch
+        if plan is not None:
+            metrics[C.Metric.BUDGET_SHARE] = plan.used_s / plan.budget_s
         self._save()
         self.hooks.on_epoch(EpochEnd(epoch, metrics))
         if (epoch + 1) % self.cycle_epochs == 0:
@@ -181,7 +198,8 @@ class FoldTrainer:
         resumed = resume and self.last_path.exists()
         if resumed:  # before RunStart, so that a budgeted run announces its planned epochs
             self.state = load_state(self.last_path, self.model, self.optimizer, self.scaler)
-        self.hooks.on_start(RunStart(self.precision, self.total_epochs))
+        unplanned = self.cfg.schedule.budget_minutes if self.state.budget is None else None
+        self.hooks.on_start(RunStart(self.precision, self.total_epochs, budget_minutes=unplanned))
         if resumed:
             self._replay()
         self._clock = time.perf_counter()  # a budget charges the time from here (the replay is not training)
@@ -191,11 +209,10 @@ class FoldTrainer:
                 if self.state.lr_find:
                     self.hooks.on_lr_find(LRFindResult(**self.state.lr_find))
             self._plan_budget()
-            schedule = self._schedule()
             for epoch in range(self.state.epochs_done, self.total_epochs):
                 if self._out_of_budget(epoch):
                     break
-                self._epoch(epoch, schedule)
+                self._epoch(epoch)
         except NonFiniteLoss as exc:
             self._report_budget(final=True)
             self.hooks.on_end(RunEnd(FoldStatus.FAILED, str(exc)))
@@ -207,11 +224,12 @@ class FoldTrainer:
 
     def _schedule(self) -> CosineCycles:
         """The config's cosine cycles, or a budgeted run's: its planned cycles and cycle length."""
-        sc, plan = self.cfg.schedule, self.state.budget
+        sc, plan, steps = self.cfg.schedule, self.state.budget, self.steps_per_epoch
         if plan is not None:
             sc = replace(sc, cycles=plan.cycles, cycle_epochs=plan.cycle_epochs,
                          warmup_epochs=min(sc.warmup_epochs, plan.cycle_epochs - 1))
-        return cosine_cycles(sc, self.state.max_lr, self.steps_per_epoch)
+            steps = plan.batches
+        return cosine_cycles(sc, self.state.max_lr, steps)
 
     def _charge(self) -> None:
         """Add the wall time since the last charge to a budgeted run's spent time."""
@@ -227,15 +245,18 @@ class FoldTrainer:
         if minutes is None or self.state.budget is not None:
             self._report_budget(final=False)
             return
-        batch = self._first_batch
-        step_s, image_s = probe_seconds(self.model, self.adapter, self.loss_fn, self.optimizer, batch=batch,
-                                        rt=self.rt, scaler=self.scaler, grad_clip=self.cfg.optim.grad_clip)
+        # timed on real loader batches, with the late loss where there is one (Lovasz, a sort per tile, costs
+        # more than BCE); an LR finder that just ran is a longer real-loader timing of the same step
+        step_s, image_s = probe_seconds(self.model, self.adapter, self.late_loss_fn, self.optimizer,
+                                        batches=train_loader(self.cfg, self.fd, 0), rt=self.rt, scaler=self.scaler,
+                                        grad_clip=self.cfg.optim.grad_clip)
+        step_s = max(step_s, self._lr_find_step_s)
         used, val_s = time.perf_counter() - self._clock, image_s * len(self.fd.val_idx)
-        cycles, cycle_epochs, note = plan_cycles(budget_s=60.0 * minutes, used_s=used, cycles=self.cfg.schedule.cycles,
-                                                 epoch_s=self.steps_per_epoch * step_s + val_s)
-        self.state.budget = BudgetPlan(budget_minutes=minutes, cycles=cycles, cycle_epochs=cycle_epochs,
-                                       steps_per_epoch=self.steps_per_epoch, step_s=step_s, val_s=val_s,
-                                       used_s=used, note=note)
+        fit = plan_cycles(budget_s=60.0 * minutes, used_s=used, step_s=step_s, steps_per_epoch=self.steps_per_epoch,
+                          val_s=val_s, cycles=self.cfg.schedule.cycles)
+        self.state.budget = BudgetPlan(budget_minutes=minutes, cycles=fit.cycles, cycle_epochs=fit.cycle_epochs,
+                                       epoch_steps=fit.epoch_steps, steps_per_epoch=self.steps_per_epoch,
+                                       step_s=step_s, val_s=val_s, used_s=used, note=fit.note)
         self._clock = time.perf_counter()
         self._save()
         self._report_budget(final=False)
@@ -249,6 +270,8 @@ class FoldTrainer:
         self._charge()
         if self._epoch_mark is not None:  # None at this process's first check: no epoch ran since
             plan.epoch_wall_s.append(plan.used_s - self._epoch_mark)
+            plan.epoch_batches.append(self._last_batches)
+            replan(plan, epoch)
         self._epoch_mark = plan.used_s
         if not should_stop(plan, epoch):
             return False

@@ -24,6 +24,7 @@ class RunStart:
 
     precision: PrecisionChoice
     total_epochs: int
+    budget_minutes: float | None = None  # a budgeted run not yet planned: total_epochs is not known yet
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class BudgetReport:
 
     @property
     def planned_steps(self) -> int:
-        return self.plan.epochs * self.plan.steps_per_epoch
+        return self.plan.planned_steps
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,9 @@ class EpochLog(HookBase):
 
     def on_start(self, event: RunStart) -> None:
         self.total, self.how = event.total_epochs, event.precision.log_line()
-        self.print(f"[{self.label}] {self.total} epochs; {self.how}; {event.precision.reason}")
+        epochs = (f"{self.total} epochs" if event.budget_minutes is None else
+                  f"budget {event.budget_minutes:g} min (epochs planned once the first batches are timed)")
+        self.print(f"[{self.label}] {epochs}; {self.how}; {event.precision.reason}")
 
     def on_epoch(self, event: EpochEnd) -> None:
         m = event.metrics
@@ -140,7 +143,7 @@ class EpochLog(HookBase):
         if not event.final:
             self.total = p.epochs
             self.print(f"[{self.label}] budget {p.budget_minutes:g} min: {p.cycles} cycle(s) x {p.cycle_epochs} epoch(s) "
-                       f"= {p.epochs} epochs ({event.planned_steps} steps; ~{p.step_s:.3f}s/step, ~{p.val_s:.1f}s "
+                       f"= {p.epochs} epochs of {p.batches}/{p.steps_per_epoch} batches ({event.planned_steps} steps; ~{p.step_s:.3f}s/step, ~{p.val_s:.1f}s "
                        f"validation){'; ' + p.note if p.note else ''}")
             return
         why = "stopped: the next epoch would overrun the budget" if p.stopped else "plan done"

@@ -98,7 +98,7 @@ class MLflowHook(HookBase):
         p, M = event.plan, C.Metric
         self.tracker.log_params({M.BUDGET_MINUTES: p.budget_minutes, M.PLANNED_CYCLES: p.cycles,
                                  M.PLANNED_CYCLE_EPOCHS: p.cycle_epochs, M.PLANNED_EPOCHS: p.epochs,
-                                 M.PLANNED_STEPS: event.planned_steps})
+                                 M.PLANNED_EPOCH_BATCHES: p.batches, M.PLANNED_STEPS: event.planned_steps})
         if p.note:
             self.tracker.set_tags({Tag.BUDGET_NOTE: p.note})
         if event.final:

@@ -55,16 +55,18 @@ def _subset(fd: FoldData, idx: np.ndarray, channels: str, transform=None) -> Til
     return TileDataset(t.images[idx], t.masks[idx], t.depths[idx], channels, transform=transform)
 
 
-def train_loader(cfg: ExperimentConfig, fd: FoldData, epoch: int) -> torch.utils.data.DataLoader:
-    """The loader of one epoch: order and augmentations are a function of (seed, epoch) alone, so resume replays."""
+def train_loader(cfg: ExperimentConfig, fd: FoldData, epoch: int, *, batches: int | None = None):
+    """The loader of one epoch: order and augmentations are a function of (seed, epoch) alone, so resume replays.
+    ``batches``: at most this many batches (a budgeted run's planned epoch), as does ``train.max_train_batches``."""
     seed = cfg.seed * 100_003 + epoch
     ds = _subset(fd, fd.train_idx, cfg.data.channels, build_train_transform(cfg.augment, seed))
     drop_last = len(ds) > cfg.optim.batch_size
     loader = make_loader(ds, cfg.optim.batch_size, True, cfg.train.workers, seed=seed, drop_last=drop_last,
                          pin_memory=torch.cuda.is_available())
-    if cfg.train.max_train_batches is None:
+    caps = [n for n in (cfg.train.max_train_batches, batches) if n is not None]
+    if not caps or min(caps) >= len(loader):
         return loader
-    return _Capped(loader, cfg.train.max_train_batches)
+    return _Capped(loader, min(caps))
 
 
 class _Capped:
@@ -94,9 +96,14 @@ def build_parts(cfg: ExperimentConfig) -> tuple[torch.nn.Module, TileAdapter, De
     model = build_model(m.encoder, weights=m.weights, in_channels=num_channels(cfg.data.channels),
                         decoder_channels=tuple(m.decoder_channels), scse=m.scse, hypercolumn=m.hypercolumn,
                         deep_supervision=m.deep_supervision, dropout=m.dropout)
-    loss = DeepSupervisionLoss(cfg.loss.seg_terms, cls_weight=cfg.loss.cls_weight, seg_weight=cfg.loss.seg_weight,
-                               fused_weight=cfg.loss.fused_weight)
-    return model, TileAdapter(cfg.padding.mode, cfg.padding.size), loss
+    return model, TileAdapter(cfg.padding.mode, cfg.padding.size), build_loss(cfg)
+
+
+def build_loss(cfg: ExperimentConfig, *, late: bool = False) -> DeepSupervisionLoss:
+    """The run's loss; ``late``: the one from cycle ``loss.late_from_cycle`` on (the same where no late terms)."""
+    lc = cfg.loss
+    terms = lc.late_terms if late and lc.late_terms else lc.seg_terms
+    return DeepSupervisionLoss(terms, cls_weight=lc.cls_weight, seg_weight=lc.seg_weight, fused_weight=lc.fused_weight)
 
 
 def build_optimizer(cfg: ExperimentConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:

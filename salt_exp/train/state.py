@@ -42,19 +42,39 @@ class BudgetPlan:
     budget_minutes: float
     cycles: int
     cycle_epochs: int
-    steps_per_epoch: int
+    steps_per_epoch: int  # a full pass over the fold's training tiles
     step_s: float  # measured seconds per training step on the first batches
     val_s: float  # estimated seconds of one validation pass
     used_s: float = 0.0
     epoch_wall_s: list[float] = field(default_factory=list)
+    epoch_batches: list[int] = field(default_factory=list)  # training batches of each measured epoch
     stopped: bool = False  # training stopped before the plan's end because the budget ran out
     note: str = ""
+    epoch_steps: int = 0  # training batches per planned epoch; 0 (plans saved before it existed): a full pass
+
+    @property
+    def batches(self) -> int:
+        """Training batches per planned epoch."""
+        return self.epoch_steps or self.steps_per_epoch
+
+    @property
+    def rate_s(self) -> float:
+        """Wall seconds per training batch: the last (up to 3) measured epochs less their validation (so
+        their loading, saving and logging count), else the first batches' timing."""
+        walls, batches = self.epoch_wall_s[-3:], self.epoch_batches[-3:]
+        if not walls or len(walls) != len(batches) or sum(batches) == 0:
+            return self.step_s
+        return max(sum(walls) - len(walls) * self.val_s, 0.0) / sum(batches)
 
     @property
     def epoch_s(self) -> float:
-        """Estimated wall time of the next epoch: the last (up to 3) measured epochs, else the first batches'."""
-        recent = self.epoch_wall_s[-3:]
-        return sum(recent) / len(recent) if recent else self.steps_per_epoch * self.step_s + self.val_s
+        """Estimated wall time of the next epoch at its planned length."""
+        return self.batches * self.rate_s + self.val_s
+
+    @property
+    def planned_steps(self) -> int:
+        """Batches of the measured epochs plus those planned for the rest."""
+        return sum(self.epoch_batches) + max(self.epochs - len(self.epoch_batches), 0) * self.batches
 
     @property
     def budget_s(self) -> float:
