@@ -92,6 +92,8 @@ def test_study_runs_trials_as_parent_runs_and_records_a_failing_trial(synth_dir,
     assert report["best"]["number"] in (0, 2) and report["trials"][1]["state"] == "FAIL"
     text = format_report(report)
     assert "FAIL" in text and "best: trial" in text and "fold1" in text
+    last = report["trials"][0]["last_report"]  # each epoch reported to the pruner; the last one shown
+    assert last is not None and f"{last[1]:.4f}@{last[0]}" in text
     # the README's main command path: `salt-exp study` (all trials done: nothing reruns) -> ensemble -> visuals
     capsys.readouterr()
     assert main(["study", str(path)]) == 0
@@ -244,3 +246,21 @@ def test_two_machines_share_a_postgresql_study(synth_dir, postgres, tmp_path, mo
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"], outs[0][-2000:] + outs[1][-2000:]
     parents = check_one_parent_per_trial(c, "pg", n_folds=1)
     assert sorted(parents) == [0, 1]
+
+
+def test_budgeted_trials_report_at_tenths_of_the_budget_for_the_pruner():
+    """Budgeted fold runs differ in epochs, so they report the best val_map so far at every tenth of their
+    budget (step fold_index * 10 + tenth); unbudgeted ones each epoch at fold_index * epochs + epoch."""
+    from salt_exp.study.trial import PruningHook
+    from salt_exp.train.hooks import EpochEnd
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    trial = study.ask()
+    hook = PruningHook(trial, fold_index=1, epochs=5)
+    for epoch, (share, value) in enumerate([(0.25, 0.4), (0.55, 0.3), (1.02, 0.6)]):
+        hook.on_epoch(EpochEnd(epoch, {"val_map": value, "budget_share": share}))
+    steps = trial.storage.get_trial(trial._trial_id).intermediate_values
+    assert steps == {11: 0.4, 12: 0.4, 13: 0.4, 14: 0.4, 15: 0.4, 16: 0.6, 17: 0.6, 18: 0.6, 19: 0.6, 20: 0.6}
+    plain = study.ask()
+    PruningHook(plain, fold_index=1, epochs=5).on_epoch(EpochEnd(2, {"val_map": 0.5}))
+    assert plain.storage.get_trial(plain._trial_id).intermediate_values == {7: 0.5}

@@ -29,14 +29,35 @@ class FoldFailed(RuntimeError):
     """A fold run ended FAILED (e.g. a non-finite loss); the message names the fold and the reason."""
 
 
-class PruningHook(HookBase):
-    """Reports each epoch's ``val_map`` at step ``offset + epoch`` and prunes when the pruner says so."""
+BUDGET_STEPS = 10  # a budgeted fold run reports at every tenth of its budget
 
-    def __init__(self, trial: optuna.Trial, offset: int) -> None:
-        self.trial, self.offset = trial, offset
+
+class PruningHook(HookBase):
+    """Reports ``val_map`` to Optuna and prunes when the pruner says so.
+
+    Unbudgeted runs report each epoch at step ``fold_index * epochs + epoch``. Time-budgeted runs
+    (``schedule.budget_minutes``) differ in epoch count and length from trial to trial, so epoch numbers do
+    not compare; they report the best ``val_map`` so far at every tenth of the budget spent, at step
+    ``fold_index * 10 + tenth`` (1..10): trials are compared at equal wall time.
+    """
+
+    def __init__(self, trial: optuna.Trial, *, fold_index: int, epochs: int) -> None:
+        self.trial, self.fold_index, self.epochs = trial, fold_index, epochs
+        self.best, self.tenths = float("-inf"), 0
 
     def on_epoch(self, event: EpochEnd) -> None:
-        step, value = self.offset + event.epoch, float(event.metrics[C.Metric.VAL_MAP])
+        value = float(event.metrics[C.Metric.VAL_MAP])
+        share = event.metrics.get(C.Metric.BUDGET_SHARE)
+        if share is None:
+            self._report(value, self.fold_index * self.epochs + event.epoch)
+            return
+        self.best = max(self.best, value)
+        reached = min(int(share * BUDGET_STEPS + 1e-9), BUDGET_STEPS)
+        for tenth in range(self.tenths + 1, reached + 1):
+            self.tenths = tenth
+            self._report(self.best, self.fold_index * BUDGET_STEPS + tenth)
+
+    def _report(self, value: float, step: int) -> None:
         self.trial.report(value, step)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} (val_map {value:.4f})")
@@ -76,9 +97,10 @@ def _parent_run(ctx: TrialContext, trial: optuna.Trial, number: int, params: dic
 
 
 def _fold_map(cfg: ExperimentConfig, fold: int, ctx: TrialContext, trial: optuna.Trial, *, number: int,
-              parent_id: str, resume: bool, offset: int) -> float:
+              parent_id: str, resume: bool, fold_index: int) -> float:
+    epochs = cfg.schedule.cycles * cfg.schedule.cycle_epochs
     info = run_fold(cfg, fold, study=ctx.spec.name, trial=number, parent_run_id=parent_id, resume=resume,
-                    extra_hooks=[PruningHook(trial, offset)])
+                    extra_hooks=[PruningHook(trial, fold_index=fold_index, epochs=epochs)])
     result = info.result  # a fold finished before an interruption carries the best_val_map MLflow holds
     if result.status != FoldStatus.FINISHED:
         raise FoldFailed(f"fold {fold}: {result.reason}")
@@ -104,10 +126,9 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> float:
     cfg, fold = ctx.base, ctx.spec.folds[0]
     try:
         cfg = apply_overrides(ctx.base, trial_overrides(params))
-        epochs = cfg.schedule.cycles * cfg.schedule.cycle_epochs
         for i, fold in enumerate(ctx.spec.folds):
             maps[fold] = _fold_map(cfg, fold, ctx, trial, number=number, parent_id=tracker.run_id, resume=reused,
-                                   offset=i * epochs)
+                                   fold_index=i)
             tracker.log_metrics({C.Metric.fold_map(fold): maps[fold]}, step=0)
             trial.set_user_attr(TrialAttr.fold_map(fold), maps[fold])
         cv_map = sum(maps.values()) / len(maps)
