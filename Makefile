@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv test data check train cv study dashboard ensemble report viz ui lint bench bench-precision clean-cache
+.PHONY: venv test data check train cv study dashboard ensemble report viz ui lint bench bench-precision bench-quality clean-cache
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,6 +76,11 @@ bench-precision: data  ## fp32 vs bf16: side-by-side speed against the smp peer,
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
 	$(BIN)/python benchmarks/bench_train.py --precision-table
 	$(BIN)/python benchmarks/bench_precision_accuracy.py --data $(DATA)
+
+MINUTES ?= 25
+bench-quality: $(STAMP)  ## smp loop vs harness configs at MINUTES per fold on DATA (real data); resumable parts -> benchmarks/results/quality.json
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
+	$(BIN)/python benchmarks/bench_quality.py --data $(DATA) --minutes $(MINUTES) $(if $(FOLDS),--folds $(FOLDS),) $(if $(PIPELINES),--pipelines $(PIPELINES),) --docs
 
 clean-cache:  ## drop the dataset cache and the artifacts downloaded for figures
 	rm -rf $${SALT_EXP_CACHE:-$$HOME/.cache/salt-exp} $${SALT_EXP_WORK:-mlruns/work}/viz-cache
