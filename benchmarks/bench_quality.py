@@ -292,25 +292,29 @@ def report(parts: list[dict], pipelines: list[tuple[str, str]], current: dict[st
              if p["minutes"] == minutes and current.get(p["pipeline"]) == p["recipe"]}
     stale = sorted({(p["pipeline"], p["fold"]) for p in parts if (p["pipeline"], p["fold"]) not in fresh})
     names = [n for n, _ in pipelines]
-    common = [f for f in folds if all((n, f) in fresh for n in names)]
+    started = [n for n in names if any((n, f) in fresh for f in folds)]  # a pipeline with no part yet waits
+    common = [f for f in folds if started and all((n, f) in fresh for n in started)]
+    waiting = [n for n in names if n not in started]
     lines = [f"Budget {minutes:g} min per fold; folds trained: "
              + "; ".join(f"{n} {sorted(f for (m, f) in fresh if m == n) or 'none'}" for n in names),
-             f"OOF over the folds every pipeline has finished: {common or 'none yet'}", ""]
+             f"OOF over the folds every started pipeline has finished: {common or 'none yet'}"
+             + (f" (not started yet: {', '.join(waiting)})" if waiting else ""), ""]
     head = "| pipeline | " + " | ".join(f"fold {f}" for f in folds) + " | fold mean (sd) | OOF mAP | vs smp |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     oof = {}
     for n in names:
         cells = [f"{fresh[(n, f)]['val_map']:.4f}" if (n, f) in fresh else "-" for f in folds]
-        maps = [fresh[(n, f)]["val_map"] for f in common]
-        scores = np.concatenate([fresh[(n, f)]["scores"] for f in common]) if common else np.array([])
+        maps = [fresh[(n, f)]["val_map"] for f in common if (n, f) in fresh]
+        scores = (np.concatenate([fresh[(n, f)]["scores"] for f in common]) if common and n in started
+                  else np.array([]))
         oof[n] = float(scores.mean()) if len(scores) else float("nan")
         spread = f"{statistics.fmean(maps):.4f} ({statistics.pstdev(maps):.4f})" if maps else "-"
-        ratio = f"{oof[n] - oof['smp']:+.4f}" if "smp" in oof and common and n != "smp" else ""
+        ratio = f"{oof[n] - oof['smp']:+.4f}" if "smp" in started and n in started and common and n != "smp" else ""
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {spread} | {oof[n]:.4f} | {ratio} |")
     if common:
         lines += ["", "OOF mAP by coverage bin (tiles):", "",
                   "| pipeline | " + " | ".join(BIN_NAMES) + " |", "|---|" + "---|" * len(BIN_NAMES)]
-        for n in names:
+        for n in started:
             scores = np.concatenate([fresh[(n, f)]["scores"] for f in common])
             bins = np.concatenate([fresh[(n, f)]["bins"] for f in common])
             cells = [f"{scores[bins == b].mean():.3f} ({int((bins == b).sum())})" if (bins == b).any() else "-"
@@ -318,7 +322,7 @@ def report(parts: list[dict], pipelines: list[tuple[str, str]], current: dict[st
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         lines += ["", "| pipeline | fold | images seen | epochs | steps done/planned | wall s | machine | commit |",
                   "|---|---|---|---|---|---|---|---|"]
-        for n in names:
+        for n in started:
             for f in common:
                 p = fresh[(n, f)]
                 lines.append(f"| {n} | {f} | {p['images_seen']} | {p['epochs']} | {p['done_steps']}/"
