@@ -6,11 +6,11 @@ STAMP  := $(VENV)/.installed
 DATA   ?= data/synthetic
 PYTEST_ARGS ?=
 
-export HF_HUB_OFFLINE := 1
+export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv test data check train cv study dashboard ensemble report viz ui lint bench bench-precision bench-quality clean-cache
+.PHONY: venv test data check train cv study dashboard ensemble report viz ui lint bench bench-precision bench-quality device-kit clean-cache
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,13 +36,13 @@ FOLD   ?= 0
 train: data  ## one fold run of CONFIG on DATA, logged to MLflow (default: the tiny CPU config)
 	$(BIN)/salt-exp train $(CONFIG) --fold $(FOLD) --set data.root=$(DATA) $(if $(STUDY),--study $(STUDY),)
 
-cv: data  ## cross-validate CONFIG on DATA (FOLDS=0-4, default every fold; STUDY, CV_ARGS): cv run + nested fold runs, resumable
-	$(BIN)/salt-exp cv $(CONFIG) --set data.root=$(DATA) $(if $(FOLDS),--folds $(FOLDS),) $(if $(STUDY),--study $(STUDY),) $(CV_ARGS)
+cv: data  ## cross-validate CONFIG on DATA (FOLDS=0-4, default every fold; STUDY, CV_ARGS; FULL_FIT=1 then fits all tiles): cv run + nested fold runs, resumable
+	$(BIN)/salt-exp cv $(CONFIG) --set data.root=$(DATA) $(if $(FOLDS),--folds $(FOLDS),) $(if $(STUDY),--study $(STUDY),) $(if $(FULL_FIT),--full-fit,) $(CV_ARGS)
 
 NAME    ?= quickstart
 WORKERS ?= 1
-study: data  ## run (or resume) studies/NAME.yaml on DATA (then its ensemble); WORKERS=N, OPTUNA_STORAGE=url
-	$(BIN)/salt-exp study studies/$(NAME).yaml --set data.root=$(DATA) --workers $(WORKERS) $(if $(OPTUNA_STORAGE),--storage $(OPTUNA_STORAGE),)
+study: data  ## run (or resume) studies/NAME.yaml on DATA (then its ensemble); WORKERS=N, OPTUNA_STORAGE=url, YES=1 past the 24 h estimate check, STUDY_ARGS (e.g. --new)
+	$(BIN)/salt-exp study studies/$(NAME).yaml --set data.root=$(DATA) --workers $(WORKERS) $(if $(OPTUNA_STORAGE),--storage $(OPTUNA_STORAGE),) $(if $(YES),--yes,) $(STUDY_ARGS)
 
 dashboard: $(STAMP)  ## optuna-dashboard of study NAME on http://127.0.0.1:8080
 	$(BIN)/optuna-dashboard $(or $(OPTUNA_STORAGE),mlruns/optuna/$(NAME).journal --storage-class JournalFileStorage) --host 127.0.0.1 --port 8080
@@ -57,8 +57,8 @@ viz: $(STAMP)  ## mosaic PNG (MOSAIC=id, default: best covered) and evolution GI
 	$(BIN)/salt-exp viz mosaic $(if $(RUN),--run $(RUN),--study $(NAME)) $(if $(MOSAIC),--mosaic-id $(MOSAIC),)
 	$(BIN)/salt-exp viz evolution --study $(NAME) $(if $(MOSAIC),--mosaic-id $(MOSAIC),)
 
-ui: $(STAMP)  ## the MLflow UI on http://127.0.0.1:5000 over mlruns/
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+ui: $(STAMP)  ## the MLflow UI on http://127.0.0.1:5000 over mlruns/, opened on study NAME's training runs (the URL is printed)
+	$(BIN)/salt-exp ui --study $(NAME)
 
 lint: $(STAMP)
 	$(BIN)/ruff check salt_exp tests benchmarks
@@ -81,6 +81,10 @@ MINUTES ?= 25
 bench-quality: $(STAMP)  ## smp loop vs harness configs at MINUTES per fold on DATA (real data); resumable parts -> benchmarks/results/quality.json
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
 	$(BIN)/python benchmarks/bench_quality.py --data $(DATA) --minutes $(MINUTES) $(if $(FOLDS),--folds $(FOLDS),) $(if $(PIPELINES),--pipelines $(PIPELINES),) --docs
+
+KIT_DATA ?= ../shared/tgs
+device-kit: $(STAMP)  ## kit/ for a lent GPU: py3.12 wheels the device lacks + KIT_DATA packed small (docs/GPU.md)
+	$(BIN)/python benchmarks/device_kit.py build --data $(KIT_DATA) --kit kit
 
 clean-cache:  ## drop the dataset cache and the artifacts downloaded for figures
 	rm -rf $${SALT_EXP_CACHE:-$$HOME/.cache/salt-exp} $${SALT_EXP_WORK:-mlruns/work}/viz-cache

@@ -1,7 +1,8 @@
 """The ``salt-exp`` command: one entry point, one subcommand per job.
 
 Each subcommand builds its inputs from the command line and calls library functions
-with explicit arguments. A ``SaltError`` becomes ``error: <one line>`` and exit status 2.
+with explicit arguments. A ``SaltError`` becomes ``error: <one line>`` and exit status 1; a usage error
+(argparse) exits 2, Ctrl-C 130. Libraries' INFO chatter (MLflow, alembic, Optuna, ...) is off unless ``-v``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -97,6 +99,16 @@ def cmd_cv(args: argparse.Namespace) -> int:
     for fold, value in r.fold_maps.items():
         print(f"  fold {fold}: {value:.4f} (run {r.fold_runs[fold]})")
     _print_bins(r.bins)
+    if args.full_fit:
+        from salt_exp.contract import snapshot_model
+        from salt_exp.full_fit import run_full_fit
+
+        info, plan = run_full_fit(cfg, r)
+        sc = plan.config.schedule
+        print(f"full fit run {info.run_id}{' (had finished)' if info.already_finished else ''}: every labelled tile, "
+              f"{sc.cycles} cycle(s) x {sc.cycle_epochs} epoch(s) of {plan.epoch_batches} batches "
+              f"(the folds' {plan.cv_epoch_batches:g} x {plan.scale:.3f}), LR {plan.config.optim.lr:g}, "
+              f"threshold {plan.threshold:.3f}; registered in {snapshot_model(r.study)} as fold all")
     return 0
 
 
@@ -107,6 +119,9 @@ def _print_ensemble(outcome) -> None:
     oof = result.oof
     print(f"ensemble run {logged.run_id}, registered {ensemble_model(spec.study)} v{logged.version} (alias {CHAMPION})")
     print(f"members: {sum(len(v) for v in result.selection.values())} snapshots over folds {sorted(result.selection)}")
+    if result.full_fit or spec.options.full_fit != "include":
+        print(f"full-data fits ({spec.options.full_fit}): {', '.join(m.key for m in result.full_fit) or 'none'}; test "
+              f"threshold {result.test_threshold:.3f}")
     print(f"OOF mAP {oof.score:.4f} (best single snapshot {oof.best_single:.4f}); thresholds "
           + ", ".join(f"fold {f.fold}: {f.threshold:.2f}" for f in oof.folds))
     for g in result.rule_gains:
@@ -125,8 +140,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     from salt_exp.pipeline import ensemble_study
 
     threshold = args.threshold if args.threshold == "search" else _number(args.threshold, "--threshold")
-    options = ensemble_options({"top_cycles": args.top_cycles, "threshold": threshold, "postprocess": args.postprocess},
-                               "salt-exp ensemble")
+    options = ensemble_options({"top_cycles": args.top_cycles, "threshold": threshold, "postprocess": args.postprocess,
+                                "full_fit": args.full_fit}, "salt-exp ensemble")
     models = [m for m in (args.models or "").split(",") if m]
     spec = EnsembleSpec.for_study(args.study, models, options=options, data=args.data, out=args.out, device=args.device)
     _print_ensemble(ensemble_study(spec))
@@ -140,13 +155,34 @@ def _number(text: str, flag: str) -> float:
         raise SaltError(f"{flag}: expected 'search' or a number, got {text!r}") from None
 
 
+def _confirm_cost(request, yes: bool, estimate_only: bool) -> bool:
+    """Print what the study will cost; False when it should not start (too long and not confirmed)."""
+    from salt_exp.study.cost import CONFIRM_HOURS
+    from salt_exp.study.driver import estimate_cost
+
+    cost = estimate_cost(request)
+    print(cost.line(), flush=True)
+    if estimate_only:
+        return False
+    if yes or not cost.hours > CONFIRM_HOURS:
+        return True
+    if sys.stdin.isatty():
+        return input(f"that is more than {CONFIRM_HOURS:g} h; start it? [y/N] ").strip().lower() in ("y", "yes")
+    raise SaltError(f"study would take ~{cost.hours:.0f} h on this machine (> {CONFIRM_HOURS:g} h): pass --yes to start "
+                    "it anyway, or cut it (schedule.budget_minutes, fewer trials or epochs)")
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from salt_exp.pipeline import run_study_pipeline
     from salt_exp.study.driver import StudyRequest
     from salt_exp.study.report import format_report
 
     request = StudyRequest(spec_path=args.file, storage=args.storage, overrides=tuple(args.set),
-                           n_trials=args.n_trials, workers=args.workers)
+                           n_trials=args.n_trials, workers=args.workers, new=args.new,
+                           gpus=tuple(g.strip() for g in (args.gpus or "").split(",") if g.strip()),
+                           ignore_missing=args.ignore_missing)
+    if not _confirm_cost(request, args.yes, args.estimate):
+        return 0 if args.estimate else 1
     outcome = run_study_pipeline(request, ensemble=not args.no_ensemble,
                                  on_report=lambda report: print(format_report(report)))
     if outcome.ensemble is not None:
@@ -271,17 +307,27 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
     p.add_argument("--study", default=None, help="experiment salt/<study> and registered model salt-<study> "
                    "(default: the config's name, or cv)")
+    p.add_argument("--full-fit", action="store_true", help="then train the recipe once on every labelled tile (steps, "
+                   "LR and threshold from the fold runs), registered as fold 'all' for the ensemble")
     p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("study", help="run (or resume) an Optuna study of fold runs, tracked in MLflow")
     p.add_argument("file", help="studies/<name>.yaml (the study is named after the file)")
     p.add_argument("--storage", default=None,
                    help="Optuna storage: a journal file path (default mlruns/optuna/<name>.journal) or postgresql+psycopg2://...")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1); with GPUs "
+                   "each worker gets its own (CUDA_VISIBLE_DEVICES), round robin")
+    p.add_argument("--gpus", help="GPU ids the workers take round robin, e.g. 0,1 (default: every visible GPU)")
     p.add_argument("--n-trials", type=int, default=None, help="total trials of the study (default: the file's n_trials)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override applied to every trial, repeatable (e.g. data.root=../shared/tgs)")
     p.add_argument("--no-ensemble", action="store_true", help="skip the study file's ensemble section")
+    p.add_argument("--yes", action="store_true", help="start even when the estimate exceeds 24 h on this machine")
+    p.add_argument("--estimate", action="store_true", help="print the study's cost estimate and stop")
+    p.add_argument("--new", action="store_true", help="set the existing study aside (journal renamed .bak, or copied "
+                   "to <name>.bak-<time> in a database) and start a new one")
+    p.add_argument("--ignore-missing", action="store_true", help="resume (and ensemble) although the Optuna storage and "
+                   "the MLflow store disagree; recorded on the study")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("study-report", help="table of a study's trials and its best trial")
@@ -302,6 +348,9 @@ def _add_result_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-cycles", type=int, default=defaults.top_cycles, help="snapshots per fold and model, best val_map first")
     p.add_argument("--threshold", default=str(defaults.threshold), help="'search' (per fold, on its OOF) or a number")
     p.add_argument("--postprocess", default=defaults.postprocess, help="auto (rules with OOF gain > 0) | none | comma list")
+    p.add_argument("--full-fit", default=defaults.full_fit, choices=("include", "exclude", "only"),
+                   help="full-data fits of the models (salt-exp cv --full-fit) in the test prediction: include (beside "
+                   "the folds, default), only, or exclude; the OOF figures are the folds' either way")
     p.add_argument("--data", help="dataset folder (default: the members' data root)")
     p.add_argument("--out", help="submission path (default submissions/<study>.csv)")
     p.add_argument("--device", default="auto")
@@ -329,8 +378,36 @@ def _add_result_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_report)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from salt_exp.doctor import doctor, report_lines
+
+    findings = doctor(args.study, args.storage)
+    for line in report_lines(findings, args.study):
+        print(line)
+    return 1 if findings else 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from salt_exp.ui import run_ui
+
+    return run_ui(args.study, args.host, args.port, url_only=args.url_only)
+
+
 def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
-    """``models``, ``score``."""
+    """``models``, ``score``, ``ui``, ``doctor``."""
+    p = sub.add_parser("doctor", help="check the MLflow store, the Optuna journal, the registry and the artifact root "
+                       "against each other: one line per finding, exit 1 when any")
+    p.add_argument("--study", help="one study (default: every salt/* experiment)")
+    p.add_argument("--storage", help="its Optuna storage (default mlruns/optuna/<study>.journal)")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("ui", help="the MLflow UI over the project's store, opened on a study's training runs")
+    p.add_argument("--study", help="open salt/<study> (default: the experiment list)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--url-only", action="store_true", help="print the URL, start nothing")
+    p.set_defaults(func=cmd_ui)
+
     p = sub.add_parser("models", help="list the encoders with parameter counts")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
@@ -343,22 +420,42 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from salt_exp import __version__
+
     parser = argparse.ArgumentParser(prog="salt-exp", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"salt-exp {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show the libraries' INFO logs (MLflow, database migrations, artifact progress bars)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_data_commands, _add_run_commands, _add_result_commands, _add_tool_commands):
         add(sub)
     return parser
 
 
+QUIET_ENV = {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+QUIET_LOGGERS = ("mlflow", "alembic", "optuna", "urllib3", "httpx", "huggingface_hub", "timm")
+
+
+def quiet_libraries() -> None:
+    """The libraries' INFO chatter off (their warnings and errors still show), also in child processes
+    (study workers, the local MLflow server) through the environment; a user's own settings win."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        quiet_libraries()
     try:
         return args.func(args)
     except SaltError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

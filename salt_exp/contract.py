@@ -55,6 +55,20 @@ def trial_label(trial: int | None) -> str:
     return NO_TRIAL if trial is None else str(trial)
 
 
+FULL_FIT = -1  # the "fold" of a full-data fit: trained on every labelled tile, nothing held out
+FULL_FIT_LABEL = "all"  # how a full-data fit's fold is written in tags and run names
+
+
+def fold_label(fold: int) -> str:
+    """A fold as tags write it: ``0``.. or ``all`` for a full-data fit."""
+    return FULL_FIT_LABEL if fold == FULL_FIT else str(fold)
+
+
+def parse_fold(text: str) -> int:
+    """The inverse of :func:`fold_label`."""
+    return FULL_FIT if text == FULL_FIT_LABEL else int(text)
+
+
 class Tag:
     """Run tag keys."""
 
@@ -80,7 +94,12 @@ class Tag:
     CPU_BF16 = "salt.cpu_bf16"  # amx | avx512_bf16 | emulated | none
     CV_FOLDS = "salt.cv_folds"  # cv runs: the folds of the latest `salt-exp cv`, comma-separated
     BUDGET_NOTE = "salt.budget_note"  # budgeted fold runs: why the plan differs from the config's cycles
-    GIT_COMMIT = "mlflow.source.git.commit"
+    FULL_FIT_OF = "salt.full_fit_of"  # a full-data fit: the cv run whose fold runs set its steps and threshold
+    FULL_FIT_RUN = "salt.full_fit_run"  # a cv run: its full-data fit's run id
+    GIT_COMMIT = "mlflow.source.git.commit"  # a bare SHA
+    GIT_DIRTY = "mlflow.source.git.dirty"  # "true" when tracked files had uncommitted changes
+    GIT_BRANCH = "mlflow.source.git.branch"
+    GIT_REPO_URL = "mlflow.source.git.repoURL"
     PARENT_RUN = "mlflow.parentRunId"
     LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"  # MLflow's own list of table artifacts (UI)
 
@@ -128,6 +147,8 @@ class TrialAttr:
     FAILURE = Tag.FAILURE
     SKIPPED = "salt.skipped"
     PARENT_RUN_ID = "salt.parent_run_id"
+    CUDA_DEVICES = "salt.cuda_visible_devices"  # the GPU(s) the trial's worker was given
+    RUN_URL = "mlflow_run"  # the trial run's page in the MLflow UI (optuna-dashboard shows user attributes)
 
     @staticmethod
     def fold_map(fold: int) -> str:
@@ -265,7 +286,7 @@ class FoldRunTags:
     data_root: str
 
     def to_tags(self) -> dict[str, str]:
-        return {Tag.STUDY: self.study, Tag.TRIAL: self.trial, Tag.FOLD: str(self.fold), Tag.ROLE: Role.FOLD.value,
+        return {Tag.STUDY: self.study, Tag.TRIAL: self.trial, Tag.FOLD: fold_label(self.fold), Tag.ROLE: Role.FOLD.value,
                 Tag.CONFIG_HASH: self.config_hash, Tag.ENCODER: self.encoder, Tag.DATA_ROOT: self.data_root}
 
     def resume_filter(self) -> str:
@@ -285,8 +306,11 @@ class TrialRunTags:
                 Tag.TRIAL: str(self.trial)}
 
     def find_filter(self) -> str:
-        return (f"tags.`{Tag.ROLE}` = '{Role.TRIAL.value}' and tags.`{Tag.STUDY_UID}` = '{self.study_uid}' "
-                f"and tags.`{Tag.TRIAL}` = '{self.trial}'")
+        return f"{self.study_filter()} and tags.`{Tag.TRIAL}` = '{self.trial}'"
+
+    def study_filter(self) -> str:
+        """Every trial run of this study (its uid), whatever the trial."""
+        return f"tags.`{Tag.ROLE}` = '{Role.TRIAL.value}' and tags.`{Tag.STUDY_UID}` = '{self.study_uid}'"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -304,6 +328,17 @@ class CVRunTags:
                 f"and tags.`{Tag.CONFIG_HASH}` = '{self.config_hash}'")
 
 
+@dataclass(frozen=True, kw_only=True)
+class DatasetRecord:
+    """What a run trained or validated on, logged as an MLflow dataset input (the run page's "Datasets")."""
+
+    name: str  # e.g. tgs-fold0-train
+    digest: str  # of the split's tile ids and the folds file: two runs on other data differ here
+    source: str  # the data folder
+    context: str  # train | validation
+    profile: dict[str, Any] = field(default_factory=dict)  # tiles, folds file, fold
+
+
 def ensemble_run_tags(study: str) -> dict[str, str]:
     return {Tag.ROLE: Role.ENSEMBLE.value, Tag.STUDY: study}
 
@@ -315,7 +350,9 @@ SNAPSHOT_REQUIRED = ("fold", "cycle", "val_map", "oof", "weights")
 class SnapshotVersion:
     """One registered cycle snapshot: where its weights and out-of-fold probabilities live.
 
-    ``version`` is empty until registered; ``created_ms`` is the registry's creation time.
+    ``version`` is empty until registered; ``created_ms`` is the registry's creation time. A full-data
+    fit's snapshot (``fold`` :data:`FULL_FIT`, tag ``fold=all``) has no out-of-fold predictions (``oof``
+    empty, ``val_map`` NaN) and its ``val_best_thr`` is the threshold its cv runs chose.
     """
 
     model: str
@@ -337,8 +374,12 @@ class SnapshotVersion:
     def key(self) -> str:
         return f"{self.model}/v{self.version}"
 
+    @property
+    def full_fit(self) -> bool:
+        return self.fold == FULL_FIT
+
     def to_tags(self) -> dict[str, str]:
-        return {"study": self.study, "trial": self.trial, "fold": str(self.fold), "encoder": self.encoder,
+        return {"study": self.study, "trial": self.trial, "fold": fold_label(self.fold), "encoder": self.encoder,
                 "run_id": self.run_id, "cycle": str(self.cycle), "epoch": str(self.epoch),
                 "val_map": f"{self.val_map:.6f}", "val_best_thr": str(self.val_best_thr), "weights": self.weights,
                 "oof": self.oof}
@@ -350,15 +391,15 @@ class SnapshotVersion:
         if not all(k in t for k in SNAPSHOT_REQUIRED):
             return None
         return cls(model=v.name, version=v.version, run_id=v.run_id, study=t.get("study", ADHOC),
-                   trial=t.get("trial", NO_TRIAL), fold=int(t["fold"]), cycle=int(t["cycle"]),
+                   trial=t.get("trial", NO_TRIAL), fold=parse_fold(t["fold"]), cycle=int(t["cycle"]),
                    epoch=int(t.get("epoch", -1)), val_map=float(t["val_map"]),
                    val_best_thr=float(t.get("val_best_thr", 0.5)), encoder=t.get("encoder", "?"),
                    weights=t["weights"], oof=t["oof"], created_ms=v.created_ms)
 
     def member_row(self) -> dict[str, Any]:
         """The row of ``ensemble/members.json``."""
-        return {"key": self.key, "run_id": self.run_id, "fold": self.fold, "cycle": self.cycle,
-                "val_map": self.val_map, "encoder": self.encoder, "trial": self.trial}
+        return {"key": self.key, "run_id": self.run_id, "fold": fold_label(self.fold) if self.full_fit else self.fold,
+                "cycle": self.cycle, "val_map": None if self.full_fit else self.val_map, "encoder": self.encoder, "trial": self.trial}
 
 
 def best_snapshot(versions: Sequence[SnapshotVersion]) -> SnapshotVersion:

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from salt_exp import contract as C
 from salt_exp.config import ExperimentConfig, config_hash, dump_yaml, flatten
-from salt_exp.contract import CVRunTags, FoldStatus, RunStatus, SnapshotVersion, Tag, TrialState
-from salt_exp.errors import SaltError, one_line
+from salt_exp.contract import CVRunTags, FoldStatus, SnapshotVersion, Tag, TrialState
+from salt_exp.errors import SaltError
 from salt_exp.metrics import bin_breakdown, coverage_bins, image_scores
 from salt_exp.stores import download_cache
 from salt_exp.tracking import RunTracker, fetch_artifact, find_runs, run_summary, snapshot_versions
@@ -77,17 +76,9 @@ def run_cv(cfg: ExperimentConfig, *, folds: list[int] | None = None, study: str 
     study = study or default_study(cfg)
     folds = parse_folds(None, cfg.data.n_folds) if folds is None else folds
     tracker = _parent_run(cfg, study, folds)
-    started = time.time()
-    try:
+    with tracker.closing_parent():
         infos = {f: _fold(cfg, f, study=study, parent_id=tracker.run_id) for f in folds}
         result = _summarize(tracker, cfg, study, infos)
-    except KeyboardInterrupt:
-        tracker.close_parent(TrialState.INTERRUPTED, started=started, status=RunStatus.KILLED)
-        raise
-    except Exception as exc:
-        tracker.close_parent(TrialState.FAIL, started=started, status=RunStatus.FAILED, failure=one_line(exc))
-        raise
-    tracker.close_parent(TrialState.COMPLETE, started=started, status=RunStatus.FINISHED)
     return result
 
 

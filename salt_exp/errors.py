@@ -7,7 +7,7 @@ class SaltError(Exception):
     """A user-facing error: bad input, missing file, invalid config.
 
     The message is a single line that names the file or field and says what was
-    expected. ``salt-exp`` prints it as ``error: <message>`` and exits with status 2.
+    expected. ``salt-exp`` prints it as ``error: <message>`` and exits with status 1 (2 is argparse's usage error).
     """
 
     def __init__(self, message: str) -> None:

@@ -49,6 +49,25 @@ def ensemble_study(spec: EnsembleSpec) -> EnsembleOutcome:
     return EnsembleOutcome(spec, result, logged)
 
 
+def check_before_ensemble(name: str, request: Any) -> None:
+    """Before a study's ensemble: every COMPLETE trial has its snapshots in the registry and the journal and
+    the store agree (else one line naming what is missing), unless the study runs with ``--ignore-missing``."""
+    from salt_exp.errors import SaltError
+    from salt_exp.study.consistency import missing_snapshots, store_mismatch
+    from salt_exp.study.storage import default_storage_url, load_study
+
+    if request.ignore_missing:
+        return
+    study = load_study(name, request.storage)
+    mismatch = store_mismatch(study, name, request.storage or default_storage_url(name))
+    if mismatch is not None:
+        raise SaltError(f"before the ensemble: {mismatch.line()}")
+    missing = missing_snapshots(study, name)
+    if missing:
+        raise SaltError(f"study {name}: COMPLETE trial(s) {', '.join(map(str, missing))} have no registered snapshot in "
+                        f"salt-{name}; the ensemble would leave them out (rerun with --ignore-missing to build it anyway)")
+
+
 def run_study_pipeline(request: Any, *, ensemble: bool = True,
                        on_report: Callable[[dict[str, Any]], None] | None = None) -> StudyOutcome:
     """Run (or resume) the study of ``request`` (a ``study.driver.StudyRequest``), then its ensemble and visuals.
@@ -67,6 +86,7 @@ def run_study_pipeline(request: Any, *, ensemble: bool = True,
         on_report(report)
     if spec.ensemble is None or not ensemble:
         return StudyOutcome(report=report, worker_codes=codes)
+    check_before_ensemble(spec.name, request)
     outcome = ensemble_study(EnsembleSpec.for_study(spec.name, options=spec.ensemble))
     visuals: list[Path] = []
     if spec.ensemble.report:

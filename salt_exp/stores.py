@@ -28,9 +28,14 @@ from pathlib import Path
 STORE_DIR = Path("mlruns")
 
 
+def default_tracking_uri() -> str:
+    """The project's SQLite store under mlruns/ (``./mlflow.db`` links to it for MLflow's own default)."""
+    return f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
+
+
 def tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI`` or the project's SQLite store under mlruns/."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -23,17 +23,23 @@ def chromium() -> str:
     return exe
 
 
-def dump_dom(page: Path, tmp: Path) -> str:
-    """The page's DOM after its load event (scripts run), as Chromium serialises it."""
-    out = subprocess.run([chromium(), *FLAGS, f"--user-data-dir={tmp / 'chromium-profile'}", "--virtual-time-budget=10000",
-                          "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+def dump_dom(page: Path | str, tmp: Path, budget_ms: int = 10000) -> str:
+    """The DOM of a file or URL after its load event (scripts run, ``budget_ms`` of virtual time for their
+    requests), as Chromium serialises it."""
+    target = page if isinstance(page, str) else page.resolve().as_uri()
+    out = subprocess.run([chromium(), *FLAGS, f"--user-data-dir={tmp / 'chromium-profile'}",
+                          f"--virtual-time-budget={budget_ms}", "--dump-dom", target],
+                         capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
 
-def screenshot(page: Path, png: Path, tmp: Path, size: tuple[int, int] = (1300, 1800)) -> Path:
+def screenshot(page: Path | str, png: Path, tmp: Path, size: tuple[int, int] = (1300, 1800),
+               budget_ms: int = 0) -> Path:
+    target = page if isinstance(page, str) else page.resolve().as_uri()
+    wait = [f"--virtual-time-budget={budget_ms}"] if budget_ms else []
     out = subprocess.run([chromium(), *FLAGS, f"--user-data-dir={tmp / 'chromium-profile'}", "--hide-scrollbars",
-                          f"--window-size={size[0]},{size[1]}", f"--screenshot={png}", page.resolve().as_uri()],
-                         capture_output=True, text=True, timeout=120)
+                          f"--window-size={size[0]},{size[1]}", *wait, f"--screenshot={png}", target],
+                         capture_output=True, text=True, timeout=180)
     assert out.returncode == 0 and png.exists(), out.stderr[-2000:]
     return png

@@ -25,7 +25,7 @@ def test_data_check_reports_problems_with_exit_1(kaggle_dir, capsys):
 
 
 def test_data_check_missing_dir_is_one_line_error(tmp_path, capsys):
-    assert main(["data", "check", str(tmp_path / "missing")]) == 2
+    assert main(["data", "check", str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
 

@@ -35,7 +35,7 @@ def test_select_top_ranks_by_val_map_then_earlier_version():
 
 
 def test_unknown_model_is_a_clear_error(mlflow_store, capsys):
-    assert main(["ensemble", "--study", "nothing-here"]) == 2
+    assert main(["ensemble", "--study", "nothing-here"]) == 1
     assert "salt-nothing-here" in capsys.readouterr().err
 
 
@@ -136,3 +136,25 @@ def _check_visuals(c: MlflowClient, run_id: str, tmp_path, capsys) -> None:
     assert main(["report", "--run", fold_run.info.run_id]) == 0
     best = max(m.value for m in c.get_metric_history(fold_run.info.run_id, "snapshot_val_map"))
     assert c.get_run(fold_run.info.run_id).data.metrics["analysis_map"] == pytest.approx(best)
+
+
+class _NotATensor:
+    """Pickled into a checkpoint, it must not be unpickled from the artifact store."""
+
+
+def test_a_tampered_snapshot_checkpoint_is_refused_in_one_line(mlflow_store, tmp_path):
+    import torch
+
+    from salt_exp.ensemble.predict import load_member
+    from salt_exp.tracking import RunTracker
+
+    tracker = RunTracker.start("salt/tamper", "fold0", {"salt.role": "fold"})
+    bad = tmp_path / "cycle0_epoch0.pt"
+    torch.save({"state_dict": {}, "config": {}, "extra": _NotATensor()}, bad)
+    tracker.log_artifact(bad, "snapshots/cycle_0")
+    tracker.end("FINISHED")
+    member = Member(model="salt-tamper", version="1", run_id=tracker.run_id, fold=0, cycle=0, val_map=0.5,
+                    weights="snapshots/cycle_0/cycle0_epoch0.pt", oof="o")
+    with pytest.raises(SaltError, match=r"salt-tamper/v1: .*cycle0_epoch0.pt .* is not a plain state_dict") as info:
+        load_member(member, tmp_path / "cache")
+    assert "\n" not in str(info.value)

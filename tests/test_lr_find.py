@@ -148,3 +148,22 @@ def test_plot_writes_an_image(tmp_path):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     assert list((tmp_path / "plots").iterdir()) == [path]  # no temporary files left behind
+
+
+def test_a_grad_scaler_scales_the_sweep_and_is_restored():
+    """Under CUDA fp16 autocast the sweep steps through the run's GradScaler, as training does (tested with
+    the CPU scaler: same code path); the scaler's state is put back with the model's."""
+    model, loss_step, batches = tiny_problem(2)
+    opt = warmed_optimizer(model, loss_step, batches)
+    scaler = torch.amp.GradScaler("cpu", init_scale=16.0, growth_interval=1)
+    seen = []
+
+    def step(batch):
+        seen.append(scaler.get_scale())
+        return loss_step(batch)
+
+    plain = lr_range_test(model, loss_step, batches, opt, start_lr=1e-4, end_lr=1e-2, steps=6)
+    scaled = lr_range_test(model, step, batches, opt, start_lr=1e-4, end_lr=1e-2, steps=6, scaler=scaler)
+    assert seen[:3] == [16.0, 32.0, 64.0]  # scale() and update() ran every step (growth after each finite step)
+    assert scaler.get_scale() == 16.0  # restored
+    np.testing.assert_allclose(scaled.raw_losses, plain.raw_losses, rtol=1e-5)  # scaling cancels in fp32

@@ -119,7 +119,36 @@ def test_decoder_depth_must_reach_full_resolution() -> None:
 def test_missing_imagenet_weights_name_the_file(name: str, filename: str, tmp_path) -> None:
     with pytest.raises(SaltError, match=filename) as info:
         build_encoder(name, weights="imagenet")
-    assert str(tmp_path / "torch" / "hub" / "checkpoints") in str(info.value)
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in str(info.value) and "HF_HUB_OFFLINE=0" in str(info.value)
+
+
+def test_imagenet_weights_are_downloaded_into_the_cache_where_allowed(tmp_path, monkeypatch) -> None:
+    """HF_HUB_OFFLINE=0: a missing file is fetched once into the torch hub cache (the network is simulated:
+    the sandbox has none), and a failed download is one line naming the URL and where the file belongs."""
+    import huggingface_hub
+
+    reference = build_encoder("resnet34", in_channels=3)
+    urls = []
+
+    def serve(url, dst, progress=True):
+        urls.append(url)
+        torch.save({**reference.model.state_dict(), "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}, dst)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", serve)
+    gray = build_encoder("resnet34", weights="imagenet", in_channels=1)
+    torch.testing.assert_close(gray.model.conv1.weight, reference.model.conv1.weight.sum(1, keepdim=True))
+    assert urls[0].endswith("resnet34-333f7ec4.pth") and (tmp_path / "torch/hub/checkpoints/resnet34-333f7ec4.pth").is_file()
+    build_encoder("resnet34", weights="imagenet")
+    assert len(urls) == 1  # cached: fetched once
+
+    def down(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", down)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", down)
+    with pytest.raises(SaltError, match=r"download of https://\S+resnet18\S+ failed \(OSError: Name or service"):
+        build_encoder("timm/resnet18", weights="imagenet")
 
 
 def test_imagenet_weights_found_in_hub_cache(tmp_path) -> None:

@@ -80,7 +80,7 @@ def test_score_text_output(tmp_path, capsys):
 def _error(tmp_path, capsys, mutate, *, fragments):
     sub, _ = make_pair(tmp_path)
     mutate(sub).to_csv(tmp_path / "submission.csv", index=False)
-    assert main(["score", str(tmp_path / "submission.csv"), str(tmp_path / "solution.csv")]) == 2
+    assert main(["score", str(tmp_path / "submission.csv"), str(tmp_path / "solution.csv")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
     for frag in fragments:

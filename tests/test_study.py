@@ -177,11 +177,13 @@ def test_sigkill_mid_trial_then_rerun_resumes_without_duplicates(synth_dir, mlfl
 @pytest.mark.slow
 def test_two_workers_on_one_machine_share_the_study(synth_dir, mlflow_store, tmp_path):
     path = write_study(tmp_path, "duo", synth_dir, n_trials=2)
-    out = _finish(_driver([str(path), "--workers", "2"], tmp_path))
-    assert "local server at http://127.0.0.1:" in out
+    out = _finish(_driver([str(path), "--workers", "2", "--gpus", "0,1"], tmp_path))
+    assert "local server at http://127.0.0.1:" in out and "worker 0: cuda 0, worker 1: cuda 1" in out
     trials = trials_of("duo")
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"], out[-3000:]
     assert len({t.user_attrs["salt.worker"] for t in trials}) == 2, "each worker should have run one trial"
+    # each worker saw its own GPU only (CPU here: the environment each worker got is what is checked)
+    assert sorted(t.user_attrs["salt.cuda_visible_devices"] for t in trials) == ["0", "1"]
     parents = check_one_parent_per_trial(MlflowClient(mlflow_store), "duo", n_folds=1)
     assert sorted(parents) == [0, 1]
 

@@ -54,7 +54,8 @@ def test_scientific_notation_in_set_space_and_enqueue_is_a_float(tmp_path):
         ("", "space:\n  model.encoder: {type: categorical, choice: [a]}\n",
          "unknown key 'space.model.encoder.choice'; valid keys in 'space.model.encoder': type, choices"),
         ("ensemble: {top_cycle: 1}\n", SPACE,
-         "unknown key 'ensemble.top_cycle'; valid keys in 'ensemble': top_cycles, threshold, postprocess, report"),
+         "unknown key 'ensemble.top_cycle'; valid keys in 'ensemble': top_cycles, threshold, postprocess, report, "
+         "full_fit"),
         ("n_trials: ten\n", SPACE, "'n_trials' expects int, got 'ten'"),
         ("timeout: soon\n", SPACE, "'timeout' expects float or null, got 'soon'"),
         ("pruner: {type: median, n_warmup_steps: -1}\n", SPACE, "'pruner.n_warmup_steps' must be >= 0, got -1"),
@@ -112,3 +113,19 @@ def test_ensemble_options_defaults_and_validation():
         ensemble_options({"report": "yes"}, "f", "ensemble.")
     with pytest.raises(SaltError, match=r"^f: unknown key 'top_k'; valid keys at top level: top_cycles, threshold"):
         ensemble_options({"top_k": 2}, "f")
+
+
+def test_gpu_assignment_is_round_robin_over_the_given_or_visible_gpus(monkeypatch):
+    import torch
+
+    from salt_exp.study.driver import gpu_assignment
+
+    assert gpu_assignment(3, ("0", "1")) == ["0", "1", "0"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert gpu_assignment(3) == ["4", "6", "4"]  # the real ids of what this process sees
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert gpu_assignment(2) == ["0", "1"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_assignment(2) == [None, None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -38,7 +39,18 @@ def check_contract(c: MlflowClient, run_id: str, study: str) -> None:
     assert run.info.status == "FINISHED"
     tags = run.data.tags
     assert tags["salt.role"] == "fold" and tags["salt.fold"] == "0" and tags["salt.study"] == study
-    assert tags["mlflow.source.git.commit"]
+    # MLflow's context tags (the UI's Source / User columns) and the git state as tools expect it
+    import re
+
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown", tags["mlflow.source.git.commit"]), tags["mlflow.source.git.commit"]
+    assert tags["mlflow.source.git.dirty"] in ("true", "false")
+    assert tags["mlflow.user"] and tags["mlflow.source.name"] and tags["mlflow.source.type"] == "LOCAL"
+    # the data as dataset inputs: the fold's training and validation tiles, told apart by context and digest
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["train", "validation"], inputs
+    assert inputs["train"].name.endswith("-fold0-train") and inputs["train"].digest != inputs["validation"].digest
+    n_val = json.loads(inputs["validation"].profile)["tiles"]
+    assert n_val > 0 and json.loads(inputs["train"].profile)["tiles"] > n_val
     assert run.data.params["model.encoder"] == "timm/resnet10t" and run.data.params["optim.momentum"] == "0.9"
     for key in ("train_loss", "val_loss", "val_map", "val_map_best_thr", "val_best_thr", "lr", "epoch_seconds",
                 "train_images_per_s"):

@@ -215,19 +215,19 @@ def test_html_page_is_self_contained_and_loads_in_chromium(tmp_path):
 
 
 def test_viz_commands_fail_with_one_line(mlflow_store, tmp_path, capsys):
-    assert main(["viz", "mosaic"]) == 2
+    assert main(["viz", "mosaic"]) == 1
     assert "exactly one of --run" in capsys.readouterr().err
-    assert main(["report", "--study", "nothing"]) == 2
+    assert main(["report", "--study", "nothing"]) == 1
     err = capsys.readouterr().err
     line = [x for x in err.splitlines() if x.startswith("error:")]  # (MLflow may log its store set-up above it)
     assert len(line) == 1 and "no champion ensemble" in line[0] and "make ensemble NAME=nothing" in line[0]
-    assert main(["report", "--run", "0123456789abcdef"]) == 2
+    assert main(["report", "--run", "0123456789abcdef"]) == 1
     assert "no such MLflow run" in capsys.readouterr().err
-    assert main(["viz", "evolution", "--study", "nothing"]) == 2
+    assert main(["viz", "evolution", "--study", "nothing"]) == 1
     assert "no registered snapshots" in capsys.readouterr().err
     bad = tmp_path / "bad.csv"
     bad.write_text("id,rle_mask\na,1 2\na,3 4\n")
-    assert main(["viz", "mosaic", "--submission", str(bad), "--data", str(tmp_path)]) == 2
+    assert main(["viz", "mosaic", "--submission", str(bad), "--data", str(tmp_path)]) == 1
     assert "bad.csv: duplicate id a" in capsys.readouterr().err
 
 

@@ -23,7 +23,7 @@ from salt_exp.ensemble.oof import OOFResult, evaluate_oof
 from salt_exp.ensemble.options import EnsembleOptions
 from salt_exp.ensemble.postprocess import RULE_ORDER, apply_rules, measure_rules
 from salt_exp.ensemble.predict import predict_test
-from salt_exp.ensemble.select import Member, select_members
+from salt_exp.ensemble.select import Member, select_full_fits, select_members
 from salt_exp.errors import SaltError
 from salt_exp.io import atomic_open
 from salt_exp.metrics import image_scores
@@ -68,6 +68,7 @@ class EnsembleResult:
     post_pred: np.ndarray  # (N, 101, 101) uint8 OOF masks after the applied rules, in oof.ids order
     submission: Path | None
     test_threshold: float
+    full_fit: list[Member] = field(default_factory=list)  # full-data fits in the test prediction (not in the OOF)
 
 
 def mosaic_index(data: KaggleData) -> tuple[MosaicIndex | None, str]:
@@ -121,6 +122,10 @@ def _postprocess_test(pred: np.ndarray, data: KaggleData, index: MosaicIndex | N
 
 def build_ensemble(spec: EnsembleSpec, cache: Path) -> tuple[EnsembleResult, KaggleData]:
     selection = select_members(spec.models, spec.top_k)
+    full = [] if spec.options.full_fit == "exclude" else select_full_fits(spec.models, spec.top_k)
+    if spec.options.full_fit == "only" and not full:
+        raise SaltError(f"full_fit: only, but {', '.join(spec.models)} hold no full-data fit; "
+                        "train one with `salt-exp cv CONFIG --full-fit`")
     data = _data_for(spec, selection)
     oof = evaluate_oof(selection, data.train, spec.threshold, cache)
     index, _ = mosaic_index(data)
@@ -131,11 +136,14 @@ def build_ensemble(spec: EnsembleSpec, cache: Path) -> tuple[EnsembleResult, Kag
     post = apply_rules(oof.pred, oof.ids, images, index, rules=rules) if rules else oof.pred
     oof_post = float(image_scores(post, truth).mean())
     thr = float(np.mean([f.threshold for f in oof.folds]))
+    if spec.options.full_fit == "only":
+        thr = float(np.mean([m.val_best_thr for m in full]))  # the threshold their cv runs chose
     submission = None
     if data.test is not None:
-        probs = predict_test(selection, data.test, cache, spec.device)
+        groups = {C.FULL_FIT: full} if spec.options.full_fit == "only" else {**selection, **({C.FULL_FIT: full} if full else {})}
+        probs = predict_test(groups, data.test, cache, spec.device)
         pred = _postprocess_test((probs > thr).astype(np.uint8), data, index, rules)
         submission = write_submission(Path(spec.out) if spec.out else submission_path(spec.study), data.test.ids, pred)
     result = EnsembleResult(selection=selection, oof=oof, rule_gains=gains, rules=rules, oof_post=oof_post,
-                            post_pred=post, submission=submission, test_threshold=thr)
+                            post_pred=post, submission=submission, test_threshold=thr, full_fit=full)
     return result, data

@@ -20,6 +20,10 @@ class EnsembleOptions:
     threshold: float | Literal["search"] = "search"  # "search": per fold, on its out-of-fold predictions
     postprocess: str = "auto"  # auto (rules with a positive OOF gain) | none | comma list of rules
     report: bool = False  # after the ensemble: a mosaic PNG, an evolution GIF and the error-analysis page
+    # full-data fits (`salt-exp cv --full-fit`) registered in the models: include = one more group beside the
+    # folds in the test prediction (the OOF figures are the folds' alone: a full fit has no OOF); only = the
+    # test prediction is the full fits' alone, at their cv threshold; exclude = folds only
+    full_fit: Literal["include", "exclude", "only"] = "include"
 
 
 def ensemble_options(raw: Mapping[str, Any], where: str, prefix: str = "") -> EnsembleOptions:

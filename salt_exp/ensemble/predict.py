@@ -12,6 +12,7 @@ from salt_exp.config import config_from_dict
 from salt_exp.data.dataset import TileDataset, make_loader
 from salt_exp.data.kaggle import TileSet
 from salt_exp.ensemble.select import Member
+from salt_exp.errors import SaltError
 from salt_exp.tracking import fetch_artifact
 from salt_exp.train.engine import choose_runtime, predict
 from salt_exp.train.precision import resolve_device
@@ -19,8 +20,16 @@ from salt_exp.train.setup import build_parts
 
 
 def load_member(member: Member, cache: Path) -> tuple[torch.nn.Module, object, object]:
-    """(model in eval mode, tile adapter, config) of one registered snapshot."""
-    payload = torch.load(fetch_artifact(member.run_id, member.weights, cache), map_location="cpu", weights_only=False)
+    """(model in eval mode, tile adapter, config) of one registered snapshot, read with ``weights_only=True``
+    (tensors and plain metadata only: nothing from the artifact store is unpickled as code)."""
+    path = fetch_artifact(member.run_id, member.weights, cache)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a tampered, truncated or non-tensor file: one line
+        raise SaltError(f"{member.key}: {member.weights} of run {member.run_id} is not a plain state_dict checkpoint "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from exc
+    if not isinstance(payload, dict) or "state_dict" not in payload or "config" not in payload:
+        raise SaltError(f"{member.key}: {member.weights} of run {member.run_id} lacks its state_dict or config")
     cfg = config_from_dict(payload["config"], where=f"{member.key} config")
     model, adapter, _ = build_parts(cfg)
     model.load_state_dict(payload["state_dict"])

@@ -47,7 +47,7 @@ def _metrics(result: EnsembleResult, lb: dict) -> dict[str, float]:
 
 
 def _log_artifacts(tracker: RunTracker, result: EnsembleResult) -> None:
-    members = [m for ms in result.selection.values() for m in ms]
+    members = [m for ms in result.selection.values() for m in ms] + result.full_fit
     tracker.log_json([m.member_row() for m in members], C.ENSEMBLE_MEMBERS)
     tracker.log_table({k: [b[k] for b in result.oof.bins] for k in result.oof.bins[0]}, C.ENSEMBLE_OOF_TABLE)
     if result.rule_gains:
@@ -61,10 +61,12 @@ def _log_artifacts(tracker: RunTracker, result: EnsembleResult) -> None:
 
 def log_ensemble(spec: EnsembleSpec, result: EnsembleResult, data_root: Path) -> LoggedEnsemble:
     """One ensemble run in ``salt/<study>``, registered as the champion version of ``salt-<study>-ensemble``."""
-    members = [m for ms in result.selection.values() for m in ms]
+    members = [m for ms in result.selection.values() for m in ms] + result.full_fit
     tracker = RunTracker.start(C.experiment_name(spec.study), "ensemble", C.ensemble_run_tags(spec.study))
     tracker.log_params({"models": ",".join(spec.models), "top_k": spec.top_k, "threshold": spec.threshold,
                         "postprocess": spec.postprocess, "rules_applied": ",".join(result.rules) or "none",
+                        "full_fit": spec.options.full_fit,
+                        "full_fit_members": ",".join(m.key for m in result.full_fit) or "none",
                         "data_root": str(data_root), "members": ",".join(m.key for m in members)})
     solution = data_root / "solution.csv"
     lb = score_files(result.submission, solution) if result.submission and solution.exists() else {}

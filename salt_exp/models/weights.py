@@ -1,4 +1,10 @@
-"""Encoder weights: find ImageNet files in the local caches (never download) and load state_dicts.
+"""Encoder weights: find ImageNet files in the local caches (downloading them only where allowed) and load
+state_dicts.
+
+Downloads are off by default (``HF_HUB_OFFLINE=1``: the Makefile, the CLI and the tests set it, so nothing
+waits on a network that is not there); ``HF_HUB_OFFLINE=0`` lets a missing file be fetched once into the
+same caches (timm's Hugging Face hub file, else its torch hub URL; pretrainedmodels' URL into the torch hub
+cache). Offline, or when the download fails, the error names the file and the cache it belongs in.
 
 Key names: a pretrainedmodels SE-ResNeXt/SENet state_dict and the matching timm ``legacy_se*``
 backbone use identical key names (``layer0.conv1.weight`` ... ``layer4.2.se_module.fc2.bias``);
@@ -27,20 +33,42 @@ _PM_MODULES = {
 }
 
 
+def downloads_allowed() -> bool:
+    """False while ``HF_HUB_OFFLINE`` is set to 1/true/yes/on (the project's default)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("1", "true", "yes", "on")
+
+
+OFFLINE_HINT = "downloads are off (HF_HUB_OFFLINE=1); HF_HUB_OFFLINE=0 fetches it where the network allows"
+
+
+def _download_url(url: str, dest: Path, what: str) -> Path:
+    """``url`` into ``dest`` (torch hub writes a temporary file and renames it); SaltError naming both."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(dest), progress=False)
+    except Exception as exc:  # noqa: BLE001 - any network or HTTP failure becomes one line
+        raise SaltError(f"{what}: download of {url} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                        f"place {dest.name} in {dest.parent} by hand") from exc
+    return dest
+
+
 def hub_checkpoints_dir() -> Path:
     """``$TORCH_HOME/hub/checkpoints`` (torch.hub.get_dir()), where torch.hub caches downloads."""
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def pretrainedmodels_imagenet_file(name: str) -> Path:
-    """Expected local path of the pretrainedmodels ImageNet file for ``name`` (may not exist)."""
+def pretrainedmodels_imagenet_url(name: str) -> str:
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mod = importlib.import_module(f"pretrainedmodels.models.{_PM_MODULES[name]}")
-    url = mod.pretrained_settings[name]["imagenet"]["url"]
-    return hub_checkpoints_dir() / url.rsplit("/", 1)[-1]
+    return mod.pretrained_settings[name]["imagenet"]["url"]
+
+
+def pretrainedmodels_imagenet_file(name: str) -> Path:
+    """Expected local path of the pretrainedmodels ImageNet file for ``name`` (may not exist)."""
+    return hub_checkpoints_dir() / pretrainedmodels_imagenet_url(name).rsplit("/", 1)[-1]
 
 
 def resolve_timm_imagenet_file(arch: str) -> Path:
@@ -69,9 +97,21 @@ def resolve_timm_imagenet_file(arch: str) -> Path:
         places.append(f"{local.name} in {local.parent}")
     if not places:
         raise SaltError(f"timm model {arch!r} has no ImageNet weights; use weights='none' or a path")
+    if downloads_allowed():
+        if hub_id:
+            from huggingface_hub import hf_hub_download
+
+            try:
+                return Path(hf_hub_download(hub_id, "model.safetensors"))
+            except Exception as exc:  # noqa: BLE001 - falls back to the URL, else one line below
+                failure = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if str(exc) else type(exc).__name__
+                if not url:
+                    raise SaltError(f"ImageNet weights for timm/{arch}: download from the Hugging Face hub ({hub_id}) "
+                                    f"failed ({failure}); place {places[0]}") from exc
+        return _download_url(url, hub_checkpoints_dir() / url.rsplit("/", 1)[-1], f"ImageNet weights for timm/{arch}")
     raise SaltError(
         f"ImageNet weights for timm/{arch} not found offline: place "
-        f"{' or '.join(places)}, or pass weights=<path to a state_dict file>"
+        f"{' or '.join(places)}, or pass weights=<path to a state_dict file> ({OFFLINE_HINT})"
     )
 
 
@@ -143,10 +183,12 @@ def load_encoder_weights(encoder: nn.Module, name: str, weights: str) -> None:
     """Load ``weights`` (``"imagenet"`` or a state_dict path) into ``encoder.model``."""
     if weights == "imagenet":
         path = pretrainedmodels_imagenet_file(name)
+        if not path.is_file() and downloads_allowed():
+            _download_url(pretrainedmodels_imagenet_url(name), path, f"ImageNet weights for {name}")
         if not path.is_file():
             raise SaltError(
                 f"ImageNet weights for {name} not found offline: place {path.name} in "
-                f"{path.parent} (torch hub cache), or pass weights=<path to a state_dict file>"
+                f"{path.parent} (torch hub cache), or pass weights=<path to a state_dict file> ({OFFLINE_HINT})"
             )
     else:
         path = Path(weights)

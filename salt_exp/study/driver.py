@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from salt_exp.contract import TrialAttr, experiment_name
-from salt_exp.errors import one_line
+from salt_exp.errors import SaltError, one_line
 from salt_exp.signals import term_as_interrupt
 from salt_exp.stores import artifact_root, sqlite_path, tracking_uri
 from salt_exp.study.recover import Heartbeat, budget_left, over_budget, recover_stale, requeue
@@ -41,6 +41,9 @@ class StudyRequest:
     overrides: tuple[str, ...] = ()
     n_trials: int | None = None
     workers: int = 1
+    gpus: tuple[str, ...] = ()  # GPU ids the workers take round robin (default: every visible GPU)
+    new: bool = False  # set the existing study (journal) aside and start a new one
+    ignore_missing: bool = False  # resume although journal and store disagree (recorded on the study)
     torch_threads: int | None = None
     env: dict[str, str] = field(default_factory=dict)
 
@@ -55,6 +58,8 @@ def _frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
 
 def _run_one(ctx: TrialContext, trial: optuna.Trial) -> str:
     study, t0 = ctx.study, time.time()
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):  # which GPU this worker was given (--workers N, --gpus)
+        trial.set_user_attr(TrialAttr.CUDA_DEVICES, os.environ["CUDA_VISIBLE_DEVICES"])
     with Heartbeat(trial):
         try:
             value = run_trial(ctx, trial)
@@ -81,7 +86,7 @@ def run_worker(req: StudyRequest) -> list[tuple[int, str]]:
     spec = load_study_spec(req.spec_path, req.overrides)
     n_trials = spec.n_trials if req.n_trials is None else req.n_trials
     study = open_study(spec, req.storage)
-    ctx = TrialContext(study, spec, spec.base_config())
+    ctx = TrialContext(study, spec, spec.base_config(), n_trials=n_trials)
     deadline = None if spec.timeout is None else time.time() + spec.timeout
     done: list[tuple[int, str]] = []
     with term_as_interrupt():  # SIGTERM like Ctrl-C: the running trial is requeued
@@ -120,11 +125,29 @@ def _worker_entry(req: StudyRequest) -> None:
         raise SystemExit(130) from None
 
 
+def gpu_assignment(workers: int, gpus: tuple[str, ...] = ()) -> list[str | None]:
+    """The CUDA_VISIBLE_DEVICES of each worker: ``gpus`` (else every GPU this process sees, by its real id when
+    CUDA_VISIBLE_DEVICES already narrows them) round robin; None for every worker on a machine without one."""
+    pool = list(gpus)
+    if not pool:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        pool = visible[:count] if visible else [str(i) for i in range(count)]
+    return [pool[i % len(pool)] if pool else None for i in range(workers)]
+
+
 def _spawn(req: StudyRequest, uri: str) -> list[int]:
     threads = max(1, (os.cpu_count() or 1) // req.workers)
     child = replace(req, workers=1, torch_threads=threads, env={**req.env, "MLFLOW_TRACKING_URI": uri})
     mp = multiprocessing.get_context("spawn")  # never fork a process that may hold torch/MLflow threads
-    procs = [mp.Process(target=_worker_entry, args=(child,), name=f"salt-study-worker-{i}") for i in range(req.workers)]
+    devices = gpu_assignment(req.workers, req.gpus)
+    children = [child if d is None else replace(child, env={**child.env, "CUDA_VISIBLE_DEVICES": d}) for d in devices]
+    if any(devices):
+        _log(load_study_spec(req.spec_path, req.overrides), "GPUs per worker: " + ", ".join(
+            f"worker {i}: cuda {d}" for i, d in enumerate(devices)))
+    procs = [mp.Process(target=_worker_entry, args=(c,), name=f"salt-study-worker-{i}") for i, c in enumerate(children)]
     try:
         with term_as_interrupt():
             for p in procs:
@@ -144,13 +167,48 @@ def _spawn(req: StudyRequest, uri: str) -> list[int]:
     return [p.exitcode for p in procs]
 
 
+def estimate_cost(req: StudyRequest):
+    """The study's cost before it starts (``study.cost.StudyCost``): the trials it has left to run."""
+    from salt_exp.study.cost import study_cost
+    from salt_exp.study.recover import counted_trials
+
+    spec = load_study_spec(req.spec_path, req.overrides)
+    n_trials = spec.n_trials if req.n_trials is None else req.n_trials
+    done = 0 if req.new else len(counted_trials(open_study(spec, req.storage).get_trials(deepcopy=False)))
+    return study_cost(spec, max(0, n_trials - done))
+
+
+def in_step(spec: StudySpec, req: StudyRequest, study: optuna.Study) -> optuna.Study:
+    """The study to run: this one when journal and store agree, a fresh one with ``--new``, this one with the
+    disagreement recorded under ``--ignore-missing``; else SaltError naming both stores and what is missing."""
+    from salt_exp.study.consistency import NEW_ATTR, accept_mismatch, set_aside, store_mismatch
+    from salt_exp.study.storage import default_storage_url, study_uid
+
+    journal = req.storage or default_storage_url(spec.name)
+    mismatch = store_mismatch(study, spec.name, journal)
+    if req.new:
+        where = set_aside(study, spec.name, journal)
+        study = open_study(spec, req.storage)
+        why = f"--new at {time.strftime('%Y-%m-%d %H:%M:%S')}; the previous study was set aside as {where}"
+        study.set_user_attr(NEW_ATTR, why + (f" ({mismatch.line()})" if mismatch else ""))
+        _log(spec, f"new study (uid {study_uid(study)}): {why}")
+        return study
+    if mismatch is None:
+        return study
+    if req.ignore_missing:
+        accept_mismatch(study, mismatch)
+        _log(spec, f"continuing without the missing trials (--ignore-missing, recorded on the study): {mismatch.line()}")
+        return study
+    raise SaltError(mismatch.line())
+
+
 def run_study(req: StudyRequest) -> list[int]:
     """The driver: validate, create/load the study, requeue stale trials, then run 1 or N workers.
 
     Returns the workers' exit codes ([0] for the in-process worker).
     """
     spec = load_study_spec(req.spec_path, req.overrides)
-    study = open_study(spec, req.storage)
+    study = in_step(spec, req, open_study(spec, req.storage))
     experiment_id(experiment_name(spec.name))  # creates it now: its artifact location is fixed before any server starts
     for number in recover_stale(study, spec.stale_after):
         _log(spec, f"trial {number} was interrupted (worker gone): requeued to resume")
@@ -163,4 +221,7 @@ def run_study(req: StudyRequest) -> list[int]:
         return _spawn(req, uri)  # a server or a PostgreSQL store already takes concurrent writers
     with LocalServer(uri, artifact_root(uri), db.parent / "mlflow-server.log") as server_uri:
         _log(spec, f"{req.workers} workers; MLflow through a local server at {server_uri}")
-        return _spawn(req, server_uri)
+        from salt_exp.ui import DEFAULT_UI, UI_ENV
+
+        # links the workers write point at `make ui`, not at this server, which stops with the study
+        return _spawn(replace(req, env={UI_ENV: DEFAULT_UI, **req.env}), server_uri)

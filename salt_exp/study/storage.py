@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
-from salt_exp.contract import OLD_STUDY_UID_ATTR, STUDY_UID_ATTR
+from salt_exp.contract import OLD_STUDY_UID_ATTR, STUDY_UID_ATTR, Metric
 from salt_exp.errors import SaltError
 from salt_exp.stores import optuna_journal
 from salt_exp.study.spec import StudySpec
@@ -86,6 +87,9 @@ def open_study(spec: StudySpec, storage_url: str | None) -> optuna.Study:
                                 pruner=build_pruner(spec), direction="maximize", load_if_exists=True)
     if not study_uid(study):
         study.set_user_attr(STUDY_UID_ATTR, uuid.uuid4().hex[:12])
+        with warnings.catch_warnings():  # experimental in Optuna 5; the dashboard then names the objective
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([Metric.CV_MAP])
         for params in spec.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
     return study

@@ -9,14 +9,13 @@ params. Metrics: ``fold<k>_map`` (best snapshot val_map of fold k), ``cv_map`` (
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 
 from salt_exp import contract as C
 from salt_exp.config import ExperimentConfig, apply_overrides
-from salt_exp.contract import FoldStatus, RunStatus, Tag, TrialAttr, TrialRunTags, TrialState
-from salt_exp.errors import one_line
+from salt_exp.contract import FoldStatus, Tag, TrialAttr, TrialRunTags, TrialState
 from salt_exp.study.recover import mlflow_trial_number
 from salt_exp.study.spec import StudySpec, trial_overrides
 from salt_exp.study.storage import study_uid
@@ -68,6 +67,26 @@ class TrialContext:
     study: optuna.Study
     spec: StudySpec
     base: ExperimentConfig
+    n_trials: int = 0  # the study's budget, for the progress lines' ETA (0: no ETA)
+    fold_seconds: list[float] = field(default_factory=list)  # fold runs trained by this process, for the pace
+
+
+def _progress(ctx: TrialContext, number: int, fold: int, fold_index: int, value: float, seconds: float,
+              reused: bool) -> None:
+    """One line per finished fold run: its result, and the study's ETA at this process's pace."""
+    from salt_exp.study.recover import counted_trials
+
+    if not reused:
+        ctx.fold_seconds.append(seconds)
+    line = (f"[study {ctx.spec.name}] trial {number} fold {fold} done: best val_map {value:.4f} "
+            + ("(had finished)" if reused else f"in {seconds / 60:.1f} min"))
+    if ctx.n_trials and ctx.fold_seconds:
+        not_started = max(0, ctx.n_trials - len(counted_trials(ctx.study.get_trials(deepcopy=False))))
+        folds_left = len(ctx.spec.folds) - fold_index - 1 + not_started * len(ctx.spec.folds)
+        pace = sum(ctx.fold_seconds) / len(ctx.fold_seconds)
+        line += (f"; {folds_left} fold run(s) left ({not_started} trial(s) not started), study ETA "
+                 f"~{folds_left * pace / 60:.0f} min at this worker's pace")
+    print(line, flush=True)
 
 
 def suggest(trial: optuna.Trial, spec: StudySpec) -> dict:
@@ -99,11 +118,14 @@ def _parent_run(ctx: TrialContext, trial: optuna.Trial, number: int, params: dic
 def _fold_map(cfg: ExperimentConfig, fold: int, ctx: TrialContext, trial: optuna.Trial, *, number: int,
               parent_id: str, resume: bool, fold_index: int) -> float:
     epochs = cfg.schedule.cycles * cfg.schedule.cycle_epochs
+    t0 = time.perf_counter()
     info = run_fold(cfg, fold, study=ctx.spec.name, trial=number, parent_run_id=parent_id, resume=resume,
                     extra_hooks=[PruningHook(trial, fold_index=fold_index, epochs=epochs)])
     result = info.result  # a fold finished before an interruption carries the best_val_map MLflow holds
     if result.status != FoldStatus.FINISHED:
         raise FoldFailed(f"fold {fold}: {result.reason}")
+    _progress(ctx, number, fold, fold_index, float(result.best_val_map), time.perf_counter() - t0,
+              info.already_finished)
     return float(result.best_val_map)
 
 
@@ -113,18 +135,34 @@ def _mark_fold(cfg: ExperimentConfig, ctx: TrialContext, number: int, *, fold: i
         RunTracker.attach(found[0]).set_tags({Tag.STATUS: status.value})
 
 
+def run_page(study: str, run_id: str) -> str:
+    """The trial run's page in the MLflow UI: the tracking server's, else ``make ui``'s address (also when the
+    workers write through the study's own short-lived local server)."""
+    import os
+
+    from salt_exp.stores import tracking_uri
+    from salt_exp.tracking import experiment_id
+    from salt_exp.ui import DEFAULT_UI, UI_ENV, ui_url
+
+    uri = tracking_uri()
+    base = os.environ.get(UI_ENV) or (uri if uri.startswith(("http://", "https://")) else DEFAULT_UI)
+    return ui_url(base, experiment_id(C.experiment_name(study)), run_id)
+
+
 def run_trial(ctx: TrialContext, trial: optuna.Trial) -> float:
     """Train every fold of ``trial``; returns cv_map. Raises TrialPruned, FoldFailed or the training error
     after recording it in MLflow (the caller records it in Optuna)."""
-    started = time.time()
     params = suggest(trial, ctx.spec)
     number = mlflow_trial_number(trial.number, trial.user_attrs)
     trial.set_user_attr(TrialAttr.MLFLOW_TRIAL, number)
     tracker, reused = _parent_run(ctx, trial, number, params)
     trial.set_user_attr(TrialAttr.PARENT_RUN_ID, tracker.run_id)
+    trial.set_user_attr(TrialAttr.RUN_URL, run_page(ctx.spec.name, tracker.run_id))
     maps: dict[int, float] = {}
     cfg, fold = ctx.base, ctx.spec.folds[0]
-    try:
+    # on a prune: the fold that reported it is marked PRUNED (cfg and fold as the loop left them)
+    with tracker.closing_parent(pruned=(optuna.TrialPruned,),
+                                on_pruned=lambda: _mark_fold(cfg, ctx, number, fold=fold, status=FoldStatus.PRUNED)):
         cfg = apply_overrides(ctx.base, trial_overrides(params))
         for i, fold in enumerate(ctx.spec.folds):
             maps[fold] = _fold_map(cfg, fold, ctx, trial, number=number, parent_id=tracker.run_id, resume=reused,
@@ -133,15 +171,4 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> float:
             trial.set_user_attr(TrialAttr.fold_map(fold), maps[fold])
         cv_map = sum(maps.values()) / len(maps)
         tracker.log_metrics({C.Metric.CV_MAP: cv_map}, step=0)
-    except optuna.TrialPruned as exc:
-        _mark_fold(cfg, ctx, number, fold=fold, status=FoldStatus.PRUNED)
-        tracker.close_parent(TrialState.PRUNED, started=started, status=RunStatus.KILLED, failure=str(exc))
-        raise
-    except KeyboardInterrupt:
-        tracker.close_parent(TrialState.INTERRUPTED, started=started, status=RunStatus.KILLED)
-        raise
-    except Exception as exc:
-        tracker.close_parent(TrialState.FAIL, started=started, status=RunStatus.FAILED, failure=one_line(exc))
-        raise
-    tracker.close_parent(TrialState.COMPLETE, started=started, status=RunStatus.FINISHED)
     return cv_map

@@ -33,6 +33,17 @@ def find_runs(experiment: str, filter_string: str = "", max_results: int = 1000)
     return [_summary(r, experiment) for r in runs]
 
 
+def find_runs_in_studies(filter_string: str = "", max_results: int = 100) -> list[RunSummary]:
+    """Runs of every ``salt/*`` experiment matching an MLflow filter, newest first."""
+    c = client()
+    exps = {e.experiment_id: e.name for e in c.search_experiments() if e.name.startswith("salt/")}
+    if not exps:
+        return []
+    runs = c.search_runs(list(exps), filter_string=filter_string, max_results=max_results,
+                         order_by=["attributes.start_time DESC"])
+    return [_summary(r, exps[r.info.experiment_id]) for r in runs]
+
+
 def run_summary(run_id: str) -> RunSummary:
     """One run by id; SaltError naming the store when there is no such run."""
     c = client()

@@ -9,12 +9,16 @@ hidden "active run" state.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from salt_exp.stores import artifact_root, sqlite_path, tracking_uri
+from salt_exp.stores import artifact_root, default_tracking_uri, sqlite_path, tracking_uri
 
 _CLIENTS: dict[str, MlflowClient] = {}
+EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def client() -> MlflowClient:
@@ -24,8 +28,26 @@ def client() -> MlflowClient:
         db = sqlite_path(uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
+            if uri == default_tracking_uri():
+                link_default_store(db)
         _CLIENTS[uri] = MlflowClient(tracking_uri=uri, registry_uri=uri)
     return _CLIENTS[uri]
+
+
+MLFLOW_DEFAULT_DB = Path("mlflow.db")  # what MLflow 3 opens when no tracking URI is set: sqlite:///mlflow.db
+
+
+def link_default_store(db: Path) -> None:
+    """``./mlflow.db`` -> ``mlruns/mlflow.db``: a bare ``mlflow ui`` or ``mlflow.search_runs()`` started in the
+    project folder (MLflow's default store is ``sqlite:///mlflow.db``) then reads the project's store, while
+    the store itself stays under mlruns/. SQLite resolves the link, so its journal sits beside the real file.
+    Left alone when ``mlflow.db`` exists (a user's own store) or the folder is not writable."""
+    if MLFLOW_DEFAULT_DB.exists() or MLFLOW_DEFAULT_DB.is_symlink():
+        return
+    try:
+        MLFLOW_DEFAULT_DB.symlink_to(os.path.relpath(db.resolve(), Path.cwd()))
+    except OSError:
+        pass
 
 
 def experiment_id(name: str) -> str:
@@ -36,7 +58,7 @@ def experiment_id(name: str) -> str:
         return exp.experiment_id
     root = artifact_root(tracking_uri())
     location = (root / name.replace("/", "_")).resolve().as_uri() if root is not None else None
-    try:
-        return c.create_experiment(name, artifact_location=location)
+    try:  # a training workspace in the UI (MLflow 3 otherwise guesses GenAI for an empty experiment)
+        return c.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: TRAINING_KIND})
     except MlflowException:  # created meanwhile by another process
         return c.get_experiment_by_name(name).experiment_id

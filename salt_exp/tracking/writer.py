@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,28 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from salt_exp.contract import Tag, table_json
+from salt_exp.contract import DatasetRecord, RunStatus, Tag, TrialState, table_json
+from salt_exp.errors import one_line
 from salt_exp.stores import tracking_uri
-from salt_exp.tracking.git import git_commit
+from salt_exp.tracking.git import git_state
 from salt_exp.tracking.store import client, experiment_id
+
+
+def context_tags() -> dict[str, str]:
+    """The tags ``mlflow.start_run`` would add (user, source name and type) plus the project's git state:
+    ``mlflow.source.git.commit`` a bare SHA, ``mlflow.source.git.dirty``, ``.branch`` (runs are created with
+    ``MlflowClient.create_run``, which adds none of them)."""
+    from mlflow.tracking.context.git_context import GitRunContext
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = {k: str(v) for k, v in resolve_tags(ignore=[GitRunContext]).items()}  # MLflow's git view: sys.argv[0]'s
+    g = git_state()
+    tags.update({Tag.GIT_COMMIT: g.commit, Tag.GIT_DIRTY: str(g.dirty).lower()})
+    if g.branch:
+        tags[Tag.GIT_BRANCH] = g.branch
+    if g.repo_url:
+        tags[Tag.GIT_REPO_URL] = g.repo_url
+    return tags
 
 
 class RunTracker:
@@ -35,7 +54,7 @@ class RunTracker:
     def start(cls, experiment: str, run_name: str, tags: Mapping[str, str],
               parent_run_id: str | None = None) -> RunTracker:
         c = client()
-        all_tags = {Tag.GIT_COMMIT: git_commit(), **tags}
+        all_tags = {**context_tags(), **tags}
         if parent_run_id:
             all_tags[Tag.PARENT_RUN] = parent_run_id
         run = c.create_run(experiment_id(experiment), run_name=run_name, tags=all_tags)
@@ -129,6 +148,38 @@ class RunTracker:
             tags[Tag.FAILURE] = failure
         self.set_tags(tags)
         self.end(status)
+
+    def log_datasets(self, records: list[DatasetRecord]) -> None:
+        """Dataset inputs of the run, each with its context (train / validation)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = [DatasetInput(Dataset(name=r.name, digest=r.digest, source_type="local",
+                                       source=json.dumps({"uri": r.source}), profile=json.dumps(r.profile)),
+                               [InputTag(MLFLOW_DATASET_CONTEXT, r.context)]) for r in records]
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
+    @contextmanager
+    def closing_parent(self, *, pruned: tuple[type[BaseException], ...] = (),
+                       on_pruned: Callable[[], None] | None = None) -> Iterator[None]:
+        """End this parent run (trial or cv) by how the block ends, re-raising what ended it: COMPLETE /
+        FINISHED; ``pruned`` exceptions PRUNED / KILLED (``on_pruned`` first); Ctrl-C (or SIGTERM turned into
+        one) INTERRUPTED / KILLED; any other error FAIL / FAILED with its one-line reason."""
+        started = time.time()
+        try:
+            yield
+        except pruned as exc:
+            if on_pruned is not None:
+                on_pruned()
+            self.close_parent(TrialState.PRUNED, started=started, status=RunStatus.KILLED, failure=str(exc))
+            raise
+        except KeyboardInterrupt:
+            self.close_parent(TrialState.INTERRUPTED, started=started, status=RunStatus.KILLED)
+            raise
+        except Exception as exc:
+            self.close_parent(TrialState.FAIL, started=started, status=RunStatus.FAILED, failure=one_line(exc))
+            raise
+        self.close_parent(TrialState.COMPLETE, started=started, status=RunStatus.FINISHED)
 
     def register_version(self, model_name: str, artifact_path: str, tags: Mapping[str, Any],
                          key_tag: str = "cycle") -> str:

@@ -42,6 +42,11 @@ class CyclePlan:
     note: str = ""
 
 
+def min_epoch_steps(steps_per_epoch: int) -> int:
+    """The shortest budgeted epoch: ``MIN_EPOCH_SHARE`` of a full pass, at least one batch."""
+    return min(steps_per_epoch, max(1, math.ceil(MIN_EPOCH_SHARE * steps_per_epoch)))
+
+
 def plan_cycles(*, budget_s: float, used_s: float, step_s: float, steps_per_epoch: int, val_s: float,
                 cycles: int) -> CyclePlan:
     """Fit ``cycles`` cosine cycles to the budget left: each cycle of whole epochs, each epoch a pass over at
@@ -52,7 +57,7 @@ def plan_cycles(*, budget_s: float, used_s: float, step_s: float, steps_per_epoc
     """
     left = max(budget_s - used_s, 0.0) * PLAN_FILL
     full_s = steps_per_epoch * step_s + val_s
-    min_steps = min(steps_per_epoch, max(1, math.ceil(MIN_EPOCH_SHARE * steps_per_epoch)))
+    min_steps = min_epoch_steps(steps_per_epoch)
     min_epoch_s = min_steps * step_s + val_s
     n, note = cycles, ""
     if left < cycles * min_epoch_s:
@@ -76,7 +81,7 @@ def replan(plan: BudgetPlan, epochs_done: int) -> None:
     if left_epochs <= 0 or not plan.epoch_wall_s:
         return
     left = max(plan.budget_s - plan.used_s, 0.0) * PLAN_FILL
-    min_steps = min(plan.steps_per_epoch, max(1, math.ceil(MIN_EPOCH_SHARE * plan.steps_per_epoch)))
+    min_steps = min_epoch_steps(plan.steps_per_epoch)
     fit = (left / left_epochs - plan.val_s) / max(plan.rate_s, 1e-9)
     plan.epoch_steps = int(min(plan.steps_per_epoch, max(min_steps, fit)))
 

@@ -124,7 +124,7 @@ class FoldTrainer:
         t0 = time.perf_counter()
         result = lr_range_test(self.model, self._loss_step, train_loader(self.cfg, self.fd, -1), self.optimizer,
                                start_lr=lf.start_lr, end_lr=lf.end_lr, steps=lf.steps, smooth=lf.smooth,
-                               diverge=lf.diverge)
+                               diverge=lf.diverge, scaler=self.scaler)
         self._lr_find_step_s = (time.perf_counter() - t0) / max(len(result.lrs), 1)
         self.state.lr_find = asdict(result)
         self.state.max_lr = result.suggestion if self.cfg.optim.lr == "auto" else float(self.cfg.optim.lr)
@@ -148,17 +148,23 @@ class FoldTrainer:
                 self.state.published.append(cycle)
                 self._save()
 
-    def _keep_if_best(self, epoch: int, metrics: dict[str, float], probs: np.ndarray, bins: list[dict]) -> None:
+    @property
+    def validated(self) -> bool:
+        """False for a full-data fit: no tile is held out, so each cycle keeps its latest epoch."""
+        return len(self.fd.val_idx) > 0
+
+    def _keep_if_best(self, epoch: int, metrics: dict[str, float], probs: np.ndarray | None, bins: list[dict]) -> None:
         cycle = epoch // self.cycle_epochs
         old = self.state.best.get(cycle)
-        if old is not None and metrics["val_map"] <= old.val_map:  # ties keep the earlier epoch
+        if old is not None and self.validated and metrics["val_map"] <= old.val_map:  # ties keep the earlier epoch
             return
         meta = {"config": to_dict(self.cfg), "fold": self.fold, "cycle": cycle, "epoch": epoch, **metrics}
         weights, oof = save_snapshot(self.workdir, cycle=cycle, epoch=epoch, model=self.model, meta=meta, oof=probs)
-        self.state.best[cycle] = SnapshotRef(cycle=cycle, epoch=epoch, val_map=metrics["val_map"],
-                                             val_best_thr=metrics["val_best_thr"],
-                                             val_map_best_thr=metrics["val_map_best_thr"], weights=weights, oof=oof,
-                                             bins=bins)
+        nan = float("nan")
+        self.state.best[cycle] = SnapshotRef(cycle=cycle, epoch=epoch, val_map=metrics.get("val_map", nan),
+                                             val_best_thr=metrics.get("val_best_thr", nan),
+                                             val_map_best_thr=metrics.get("val_map_best_thr", nan), weights=weights,
+                                             oof=oof, bins=bins)
         if old is not None:
             drop_files(old.weights, old.oof)
 
@@ -174,11 +180,14 @@ class FoldTrainer:
         stats = train_epoch(self.model, self.adapter, loss_fn, loader,
                             optimizer=self.optimizer, schedule=schedule, step=start, rt=self.rt,
                             scaler=self.scaler, grad_clip=self.cfg.optim.grad_clip,
-                            desc=f"fold {self.fold} epoch {epoch + 1}/{self.total_epochs}")
+                            desc=f"fold {C.fold_label(self.fold)} epoch {epoch + 1}/{self.total_epochs}")
         t0 = time.perf_counter()
-        probs, val_loss = predict(self.model, self.adapter, val_loader(self.cfg, self.fd), self.rt, loss_fn=loss_fn)
-        metrics, bins = evaluate(probs, self.fd.val_masks)
-        metrics.update(train_loss=stats.loss, val_loss=val_loss, lr=schedule.lr_at(max(stats.next_step - 1, 0)),
+        probs, metrics, bins = None, {}, []
+        if self.validated:
+            probs, val_loss = predict(self.model, self.adapter, val_loader(self.cfg, self.fd), self.rt, loss_fn=loss_fn)
+            metrics, bins = evaluate(probs, self.fd.val_masks)
+            metrics["val_loss"] = val_loss
+        metrics.update(train_loss=stats.loss, lr=schedule.lr_at(max(stats.next_step - 1, 0)),
                        epoch_seconds=stats.seconds + time.perf_counter() - t0,
                        train_images_per_s=stats.images / max(stats.seconds, 1e-9))
         self._last_batches = stats.next_step - start
@@ -199,7 +208,8 @@ class FoldTrainer:
         if resumed:  # before RunStart, so that a budgeted run announces its planned epochs
             self.state = load_state(self.last_path, self.model, self.optimizer, self.scaler)
         unplanned = self.cfg.schedule.budget_minutes if self.state.budget is None else None
-        self.hooks.on_start(RunStart(self.precision, self.total_epochs, budget_minutes=unplanned))
+        self.hooks.on_start(RunStart(self.precision, self.total_epochs, budget_minutes=unplanned,
+                                     cycle_epochs=self.cycle_epochs))
         if resumed:
             self._replay()
         self._clock = time.perf_counter()  # a budget charges the time from here (the replay is not training)
@@ -290,5 +300,6 @@ class FoldTrainer:
                                           final=final))
 
     def best_val_map(self) -> float:
-        return max((s.val_map for s in self.state.best.values()), default=float("nan"))
+        """The best cycle's val_map; NaN when nothing was validated (a full-data fit)."""
+        return max((s.val_map for s in self.state.best.values() if s.val_map == s.val_map), default=float("nan"))
 

@@ -25,6 +25,7 @@ class RunStart:
     precision: PrecisionChoice
     total_epochs: int
     budget_minutes: float | None = None  # a budgeted run not yet planned: total_epochs is not known yet
+    cycle_epochs: int = 0  # epochs per cosine cycle (a budgeted run not yet planned: set by its plan)
 
 
 @dataclass(frozen=True)
@@ -116,15 +117,15 @@ class Hooks(HookBase):
 
 
 class EpochLog(HookBase):
-    """One line per epoch on stdout (flushed, so it shows in any log, not only on a terminal): the
-    losses, val_map, throughput, an ETA for the run and how it runs (precision, layout, threads)."""
+    """One line per epoch on stdout (flushed, so it shows in any log, not only on a terminal): epoch and
+    cycle, the losses, val_map, throughput, the time spent, an ETA for the run and how it runs."""
 
     def __init__(self, label: str, print_fn: Callable[[str], None] | None = None) -> None:
         self.label, self.print = label, print_fn or (lambda s: print(s, flush=True))
-        self.total, self.how, self.seconds = 0, "", []
+        self.total, self.cycle_epochs, self.how, self.seconds = 0, 0, "", []
 
     def on_start(self, event: RunStart) -> None:
-        self.total, self.how = event.total_epochs, event.precision.log_line()
+        self.total, self.how, self.cycle_epochs = event.total_epochs, event.precision.log_line(), event.cycle_epochs
         epochs = (f"{self.total} epochs" if event.budget_minutes is None else
                   f"budget {event.budget_minutes:g} min (epochs planned once the first batches are timed)")
         self.print(f"[{self.label}] {epochs}; {self.how}; {event.precision.reason}")
@@ -134,14 +135,19 @@ class EpochLog(HookBase):
         self.seconds.append(float(m.get("epoch_seconds", 0.0)))
         left = self.total - event.epoch - 1
         eta = left * sum(self.seconds[-3:]) / len(self.seconds[-3:])
-        self.print(f"[{self.label}] epoch {event.epoch + 1}/{self.total} train_loss {m['train_loss']:.4f} "
-                   f"val_loss {m['val_loss']:.4f} val_map {m['val_map']:.4f} {m['train_images_per_s']:.1f} img/s "
-                   f"{m['epoch_seconds']:.0f}s, ETA {eta / 60:.1f} min [{self.how}]")
+        cycle = ""
+        if self.cycle_epochs:
+            cycles = max(1, -(-self.total // self.cycle_epochs))
+            cycle = f" (cycle {event.epoch // self.cycle_epochs + 1}/{cycles})"
+        val = f"val_loss {m['val_loss']:.4f} val_map {m['val_map']:.4f} " if "val_map" in m else "(no validation) "
+        self.print(f"[{self.label}] epoch {event.epoch + 1}/{self.total}{cycle} train_loss {m['train_loss']:.4f} "
+                   f"{val}{m['train_images_per_s']:.1f} img/s {m['epoch_seconds']:.0f}s, "
+                   f"elapsed {sum(self.seconds) / 60:.1f} min, ETA {eta / 60:.1f} min [{self.how}]")
 
     def on_budget(self, event: BudgetReport) -> None:
         p = event.plan
         if not event.final:
-            self.total = p.epochs
+            self.total, self.cycle_epochs = p.epochs, p.cycle_epochs
             self.print(f"[{self.label}] budget {p.budget_minutes:g} min: {p.cycles} cycle(s) x {p.cycle_epochs} epoch(s) "
                        f"= {p.epochs} epochs of {p.batches}/{p.steps_per_epoch} batches ({event.planned_steps} steps; ~{p.step_s:.3f}s/step, ~{p.val_s:.1f}s "
                        f"validation){'; ' + p.note if p.note else ''}")

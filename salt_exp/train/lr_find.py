@@ -89,6 +89,7 @@ def lr_range_test(
     steps: int,
     smooth: float = 0.98,
     diverge: float = 4.0,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> LRFindResult:
     """Sweep the LR from ``start_lr`` to ``end_lr`` over ``steps`` steps, exponentially.
 
@@ -97,6 +98,10 @@ def lr_range_test(
     exhausted. The sweep stops once the smoothed loss exceeds ``diverge`` x its best value or a raw
     loss is not finite. Model and optimizer state (including BatchNorm buffers and momentum) are
     restored from deep copies afterwards, even on error. See :func:`suggest_lr` for the suggestion.
+
+    ``scaler``: an enabled GradScaler (CUDA fp16 autocast) scales the loss before ``backward`` and steps
+    through the scaler, as training does: unscaled fp16 gradients underflow and would skew the curve. Its
+    state is restored too.
     """
     if not 0.0 < start_lr < end_lr:
         raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr}, {end_lr}")
@@ -104,6 +109,8 @@ def lr_range_test(
         raise ValueError(f"need steps >= 2, 0 <= smooth < 1, diverge > 1; got {steps}, {smooth}, {diverge}")
     model_state = copy.deepcopy(model.state_dict())
     optim_state = copy.deepcopy(optimizer.state_dict())
+    scaled = scaler is not None and scaler.is_enabled()
+    scaler_state = copy.deepcopy(scaler.state_dict()) if scaled else None
     was_training = model.training
     ratio = (end_lr / start_lr) ** (1.0 / (steps - 1))
     lrs: list[float] = []
@@ -123,8 +130,13 @@ def lr_range_test(
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             loss = loss_step(batch)
-            loss.backward()
-            optimizer.step()
+            if scaled:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)  # skipped where fp16 gradients overflowed, as in training
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
             raw = float(loss.detach())  # CPU-GPU sync point, once per step: fine for a short sweep
             if not math.isfinite(raw):
                 reason = f"loss became {raw} at lr={lr:.3g}"
@@ -143,6 +155,8 @@ def lr_range_test(
     finally:
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optim_state)
+        if scaled and scaler_state:
+            scaler.load_state_dict(scaler_state)
         optimizer.zero_grad(set_to_none=True)
         model.train(was_training)
     if not lrs:

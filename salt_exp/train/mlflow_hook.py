@@ -59,24 +59,30 @@ class MLflowHook(HookBase):
         self._log_new(event.metrics, event.epoch)
 
     def on_snapshot(self, event: SnapshotReady) -> None:
-        """Log and register the best snapshot of a cycle."""
+        """Log and register the best snapshot of a cycle (a full-data fit's: its latest, with no OOF)."""
         snap, c = event.snapshot, event.snapshot.cycle
+        scored = bool(snap.oof)
         bins = {f"val_map_bin_{b['bin']}": b["mean_score"] for b in snap.bins if b["count"]}
         bins.update({f"val_err_share_{b['bin']}": b["err_share"] for b in snap.bins})
-        self._log_new({**bins, C.Metric.SNAPSHOT_VAL_MAP: snap.val_map, C.Metric.SNAPSHOT_EPOCH: snap.epoch}, c)
+        scores = {C.Metric.SNAPSHOT_VAL_MAP: snap.val_map} if scored else {}
+        self._log_new({**bins, **scores, C.Metric.SNAPSHOT_EPOCH: snap.epoch}, c)
         folder = C.snapshot_dir(c)
-        if not self.tracker.artifact_exists(C.snapshot_oof(c)):
-            self.tracker.log_table({k: [b[k] for b in snap.bins] for k in snap.bins[0]}, f"{folder}/{C.COVERAGE_TABLE}")
-            self._log_bins_png(snap, folder)
+        weights = C.snapshot_weights(c, snap.weights)
+        if not self.tracker.artifact_exists(C.snapshot_oof(c) if scored else weights):
+            if scored:
+                self.tracker.log_table({k: [b[k] for b in snap.bins] for k in snap.bins[0]}, f"{folder}/{C.COVERAGE_TABLE}")
+                self._log_bins_png(snap, folder)
             with temp_dir() as tmp:
                 self.tracker.log_artifact(snap.weights, folder)
-                oof = C.write_snapshot_oof(Path(tmp) / C.SNAPSHOT_OOF_FILE, event.val_ids, np.load(snap.oof))
-                self.tracker.log_artifact(oof, folder)  # last: its presence marks the folder complete
-        version = replace(self.template, cycle=c, epoch=snap.epoch, val_map=snap.val_map,
-                          val_best_thr=snap.val_best_thr, weights=C.snapshot_weights(c, snap.weights),
-                          oof=C.snapshot_oof(c))
+                if scored:
+                    oof = C.write_snapshot_oof(Path(tmp) / C.SNAPSHOT_OOF_FILE, event.val_ids, np.load(snap.oof))
+                    self.tracker.log_artifact(oof, folder)  # last: its presence marks the folder complete
+        thr = snap.val_best_thr if scored else self.template.val_best_thr  # a full fit: its cv runs' threshold
+        version = replace(self.template, cycle=c, epoch=snap.epoch, val_map=snap.val_map, val_best_thr=thr,
+                          weights=weights, oof=C.snapshot_oof(c) if scored else "")
         self.versions[c] = self.tracker.register_version(version.model, folder, version.to_tags(), key_tag="cycle")
-        self._log_run_table([*event.published, snap])
+        if scored:
+            self._log_run_table([s for s in (*event.published, snap) if s.oof])
 
     def _log_run_table(self, snaps: list[SnapshotRef]) -> None:
         """Root ``coverage_bins.json`` (every cycle so far, rewritten whole) and the latest ``coverage_bins.png``."""
@@ -88,7 +94,7 @@ class MLflowHook(HookBase):
 
     def _log_bins_png(self, snap: SnapshotRef, folder: str | None) -> None:
         """``coverage_bins.png`` of one snapshot into ``folder`` (None: the run root)."""
-        title = f"fold {self.template.fold} cycle {snap.cycle} (epoch {snap.epoch})"
+        title = f"fold {C.fold_label(self.template.fold)} cycle {snap.cycle} (epoch {snap.epoch})"
         with temp_dir() as tmp:
             coverage_bins_figure(snap.bins, title).savefig(Path(tmp) / C.COVERAGE_PNG, dpi=100)
             self.tracker.log_artifact(Path(tmp) / C.COVERAGE_PNG, folder)

@@ -19,7 +19,7 @@ from salt_exp.tracking import RunTracker, find_runs
 from salt_exp.train.fold_run import FoldResult, FoldTrainer
 from salt_exp.train.hooks import EpochLog, HookBase
 from salt_exp.train.mlflow_hook import MLflowHook
-from salt_exp.train.setup import load_fold
+from salt_exp.train.setup import FoldData, fold_datasets, load_fold
 
 
 @dataclass(frozen=True)
@@ -51,18 +51,23 @@ def _finished(run_id: str) -> FoldRunInfo:
 
 
 def _start(cfg: ExperimentConfig, tags: FoldRunTags, *, trial: int | None, parent_run_id: str | None,
-           folds_file: str) -> RunTracker:
-    name = f"fold{tags.fold}" if trial is None else f"trial{trial}-fold{tags.fold}"
+           fd: FoldData, extra_params: dict | None = None) -> RunTracker:
+    fold = C.fold_label(tags.fold)
+    name = "full-fit" if tags.fold == C.FULL_FIT else f"fold{fold}" if trial is None else f"trial{trial}-fold{fold}"
     tracker = RunTracker.start(C.experiment_name(tags.study), name, tags.to_tags(), parent_run_id)
-    tracker.log_params({**flatten(cfg), "fold": tags.fold})
+    tracker.log_params({**flatten(cfg), "fold": fold, **(extra_params or {})})
     tracker.log_text(dump_yaml(cfg), C.CONFIG_FILE)
-    tracker.log_artifact(folds_file, C.FOLDS_DIR)
+    tracker.log_artifact(fd.folds_file, C.FOLDS_DIR)
+    tracker.log_datasets(fold_datasets(fd, tags.fold))
     return tracker
 
 
 def run_fold(cfg: ExperimentConfig, fold: int, *, study: str = C.ADHOC, trial: int | None = None,
              parent_run_id: str | None = None, resume: bool = False,
-             extra_hooks: list[HookBase] | None = None) -> FoldRunInfo:
+             extra_hooks: list[HookBase] | None = None, threshold: float = 0.5,
+             extra_params: dict | None = None) -> FoldRunInfo:
+    """``fold`` ``contract.FULL_FIT``: a full-data fit, its snapshots registered with ``threshold``;
+    ``extra_params`` are logged with the config when the run starts."""
     fd = load_fold(cfg, fold)
     tags = fold_run_tags(cfg, study, trial, fold)
     previous = find_resumable(cfg, study, trial, fold) if resume else None
@@ -71,12 +76,14 @@ def run_fold(cfg: ExperimentConfig, fold: int, *, study: str = C.ADHOC, trial: i
     if previous is not None:
         tracker = RunTracker.resume(previous[0])
     else:
-        tracker = _start(cfg, tags, trial=trial, parent_run_id=parent_run_id, folds_file=fd.folds_file)
+        tracker = _start(cfg, tags, trial=trial, parent_run_id=parent_run_id, fd=fd,
+                         extra_params=extra_params)
     tracker.start_system_metrics()
     template = SnapshotVersion(model=C.snapshot_model(study), run_id=tracker.run_id, study=study, trial=tags.trial,
-                               fold=fold, encoder=cfg.model.encoder, cycle=-1, val_map=math.nan, weights="", oof="")
+                               fold=fold, encoder=cfg.model.encoder, cycle=-1, val_map=math.nan, val_best_thr=threshold,
+                               weights="", oof="")
     hook = MLflowHook(tracker, template)
-    label = f"{study} fold {fold}" if trial is None else f"{study} trial {trial} fold {fold}"
+    label = f"{study} fold {C.fold_label(fold)}" if trial is None else f"{study} trial {trial} fold {fold}"
     hooks = [hook, EpochLog(label), *(extra_hooks or [])]
     trainer = FoldTrainer(cfg, fd, fold, workdir=work_root() / tracker.run_id, hooks=hooks)
     status = RunStatus.KILLED
@@ -84,7 +91,7 @@ def run_fold(cfg: ExperimentConfig, fold: int, *, study: str = C.ADHOC, trial: i
         with term_as_interrupt():  # SIGTERM: the run is closed as KILLED, like Ctrl-C
             result = trainer.run(resume=previous is not None)
         status = RunStatus.FINISHED if result.status == FoldStatus.FINISHED else RunStatus.FAILED
-        if result.status == FoldStatus.FINISHED:
+        if result.status == FoldStatus.FINISHED and not math.isnan(result.best_val_map):
             tracker.log_metrics({C.Metric.BEST_VAL_MAP: result.best_val_map}, trainer.state.epochs_done)
     finally:
         tracker.end(status)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from salt_exp.config import ExperimentConfig
+from salt_exp.contract import FULL_FIT, DatasetRecord, fold_label
 from salt_exp.data.dataset import TileDataset, make_loader, num_channels
 from salt_exp.data.folds import folds_path, load_or_create_folds
 from salt_exp.data.kaggle import KaggleData, load_kaggle
@@ -39,7 +42,8 @@ class FoldData:
 
 
 def load_fold(cfg: ExperimentConfig, fold: int) -> FoldData:
-    if not 0 <= fold < cfg.data.n_folds:
+    """The split of ``fold``; ``contract.FULL_FIT``: every tile trains, none is held out."""
+    if fold != FULL_FIT and not 0 <= fold < cfg.data.n_folds:
         raise SaltError(f"--fold {fold} is out of range: data.n_folds is {cfg.data.n_folds} (valid 0..{cfg.data.n_folds - 1})")
     data = load_kaggle(cfg.data.root)
     d = cfg.data
@@ -47,7 +51,24 @@ def load_fold(cfg: ExperimentConfig, fold: int) -> FoldData:
     f = folds["fold"].to_numpy()
     path = folds_path(data, d.folds_scheme, d.n_folds, d.folds_seed)
     return FoldData(data=data, folds=folds, folds_file=str(path), train_idx=np.flatnonzero(f != fold),
-                    val_idx=np.flatnonzero(f == fold))
+                    val_idx=np.flatnonzero(f == fold))  # FULL_FIT (-1) matches no tile's fold
+
+
+def fold_datasets(fd: FoldData, fold: int) -> list[DatasetRecord]:
+    """The run's dataset inputs: its training tiles and (unless a full fit) its validation tiles, each with a
+    digest of its tile ids and the folds file, so runs on other data or other folds are told apart."""
+    root = Path(fd.data.root).resolve()
+    folds_sha = hashlib.sha1(Path(fd.folds_file).read_bytes()).hexdigest()
+    out = []
+    for context, idx in (("train", fd.train_idx), ("validation", fd.val_idx)):
+        if not len(idx):
+            continue
+        ids = sorted(fd.data.train.ids[idx].tolist())
+        digest = hashlib.sha1(("\n".join(ids) + folds_sha).encode()).hexdigest()[:12]
+        out.append(DatasetRecord(name=f"{root.name}-fold{fold_label(fold)}-{context}", digest=digest, source=str(root),
+                                 context=context, profile={"tiles": len(ids), "fold": fold_label(fold),
+                                                           "folds_file": Path(fd.folds_file).name}))
+    return out
 
 
 def _subset(fd: FoldData, idx: np.ndarray, channels: str, transform=None) -> TileDataset:

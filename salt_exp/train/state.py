@@ -123,11 +123,14 @@ def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
 
 
 def save_snapshot(folder: Path, *, cycle: int, epoch: int, model: torch.nn.Module, meta: dict[str, Any],
-                  oof: np.ndarray) -> tuple[str, str]:
-    """Weights (+ meta, e.g. the config) and float16 OOF probabilities of one epoch; returns both paths."""
+                  oof: np.ndarray | None) -> tuple[str, str]:
+    """Weights (+ meta, e.g. the config) and float16 OOF probabilities of one epoch; returns both paths
+    (the second empty when ``oof`` is None: a full-data fit validates nothing)."""
     weights, probs = folder / f"cycle{cycle}_epoch{epoch}.pt", folder / f"cycle{cycle}_epoch{epoch}.oof.npy"
     with atomic_path(weights) as tmp:
         torch.save({"state_dict": model.state_dict(), **meta}, tmp)
+    if oof is None:
+        return str(weights), ""
     with atomic_path(probs) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, oof.astype(np.float16))
@@ -136,4 +139,5 @@ def save_snapshot(folder: Path, *, cycle: int, epoch: int, model: torch.nn.Modul
 
 def drop_files(*paths: str) -> None:
     for p in paths:
-        Path(p).unlink(missing_ok=True)
+        if p:
+            Path(p).unlink(missing_ok=True)

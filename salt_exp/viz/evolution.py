@@ -48,6 +48,8 @@ def study_frames(study: str) -> list[Frame]:
     groups: dict[tuple[str, int], list[SnapshotVersion]] = defaultdict(list)
     config_of: dict[str, str] = {}
     for v in snapshot_versions(C.snapshot_model(study)):
+        if v.full_fit:  # no out-of-fold predictions to draw
+            continue
         if v.trial == C.NO_TRIAL and v.run_id not in config_of:
             config_of[v.run_id] = run_summary(v.run_id).tags.get(Tag.CONFIG_HASH, v.run_id)[:8]
         who = f"trial {v.trial}" if v.trial != C.NO_TRIAL else f"config {config_of[v.run_id]}"

@@ -91,6 +91,9 @@ def _fold_output(summary: RunSummary, cache: Path, cycle: int | None) -> RunOutp
     run_id, tags = summary.run_id, summary.tags
     study = tags.get(Tag.STUDY, C.ADHOC)
     versions = [v for v in snapshot_versions(C.snapshot_model(study)) if v.run_id == run_id]
+    if any(v.full_fit for v in versions):
+        raise SaltError(f"--run {run_id}: a full-data fit (fold all) has no out-of-fold predictions to show; "
+                        "pick one of its cv run's fold runs")
     if not versions:
         raise SaltError(f"--run {run_id}: this fold run registered no snapshot (did it finish a cycle?)")
     chosen = _pick_snapshot(run_id, versions, cycle)
