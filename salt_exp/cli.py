@@ -432,7 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-QUIET_ENV = {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+QUIET_ENV = {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+             # "View run ... at" lines a server-backed client prints per run (to a study's short-lived local server)
+             "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 QUIET_LOGGERS = ("mlflow", "alembic", "optuna", "urllib3", "httpx", "huggingface_hub", "timm")
 
 

@@ -157,7 +157,16 @@ class RunTracker:
         inputs = [DatasetInput(Dataset(name=r.name, digest=r.digest, source_type="local",
                                        source=json.dumps({"uri": r.source}), profile=json.dumps(r.profile)),
                                [InputTag(MLFLOW_DATASET_CONTEXT, r.context)]) for r in records]
-        self.client.log_inputs(self.run_id, datasets=inputs)
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                return
+            except MlflowException:
+                # the store creates a dataset row per (experiment, name, digest) by check-then-insert: two workers
+                # starting fold runs on the same tiles at once collide on it; the retry finds the row and links it
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     @contextmanager
     def closing_parent(self, *, pruned: tuple[type[BaseException], ...] = (),
