@@ -306,11 +306,12 @@ class TrialRunTags:
                 Tag.TRIAL: str(self.trial)}
 
     def find_filter(self) -> str:
-        return f"{self.study_filter()} and tags.`{Tag.TRIAL}` = '{self.trial}'"
+        return f"{self.study_filter(self.study_uid)} and tags.`{Tag.TRIAL}` = '{self.trial}'"
 
-    def study_filter(self) -> str:
-        """Every trial run of this study (its uid), whatever the trial."""
-        return f"tags.`{Tag.ROLE}` = '{Role.TRIAL.value}' and tags.`{Tag.STUDY_UID}` = '{self.study_uid}'"
+    @staticmethod
+    def study_filter(study_uid: str) -> str:
+        """Every trial run of the study with this uid, whatever the trial."""
+        return f"tags.`{Tag.ROLE}` = '{Role.TRIAL.value}' and tags.`{Tag.STUDY_UID}` = '{study_uid}'"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -88,12 +88,12 @@ def journal_findings(name: str, storage: str | None) -> list[Finding]:
 
 
 def store_findings(name: str) -> list[Finding]:
-    from salt_exp.tracking import artifact_paths, client, find_runs, snapshot_versions
+    from salt_exp.tracking import client, find_runs, snapshot_versions
 
     out = []
     folds = find_runs(C.experiment_name(name), f"tags.`{Tag.ROLE}` = '{Role.FOLD.value}'")
     for run in folds:
-        if run.status == "FINISHED" and not artifact_paths(run.run_id) and not _has_folders(run.run_id):
+        if run.status == "FINISHED" and not client().list_artifacts(run.run_id):  # files and folders alike
             out.append(Finding(name, f"fold run {run.run_id} FINISHED but holds no artifacts (artifact root moved or "
                                      "deleted?)"))
     for v in snapshot_versions(C.snapshot_model(name)):
@@ -103,12 +103,6 @@ def store_findings(name: str) -> list[Finding]:
             out.append(Finding(name, f"{v.key} (run {v.run_id}, cycle {v.cycle}): its source {source} is gone"))
     out += _fold_disagreements(name, [r.run_id for r in folds])
     return out
-
-
-def _has_folders(run_id: str) -> bool:
-    from salt_exp.tracking import client
-
-    return any(f.is_dir for f in client().list_artifacts(run_id))
 
 
 def _fold_disagreements(name: str, run_ids: list[str]) -> list[Finding]:

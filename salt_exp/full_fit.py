@@ -26,6 +26,8 @@ import math
 import statistics
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from salt_exp import contract as C
 from salt_exp.config import ExperimentConfig
 from salt_exp.contract import FoldStatus, Tag
@@ -33,7 +35,7 @@ from salt_exp.cv import CVResult, best_snapshots
 from salt_exp.errors import SaltError
 from salt_exp.tracking import RunTracker, run_summary, snapshot_versions
 from salt_exp.train.run import FoldRunInfo, run_fold
-from salt_exp.train.setup import load_fold
+from salt_exp.train.setup import epoch_batches, load_fold
 
 FULL_FIT_CYCLE_RANK = "full_fit_cycle_rank"  # param of a full fit: which of its cycles an ensemble takes first
 
@@ -67,7 +69,8 @@ class FullFitPlan:
 
     def params(self) -> dict[str, object]:
         return {"full_fit_of": self.cv_run, FULL_FIT_CYCLE_RANK: ",".join(map(str, self.cycle_rank)),
-                "full_fit_folds": ",".join(map(str, self.folds)), "full_fit_threshold": round(self.threshold, 4), "full_fit_epoch_batches": self.epoch_batches,
+                "full_fit_folds": ",".join(map(str, self.folds)), "full_fit_threshold": round(self.threshold, 4),
+                "full_fit_epoch_batches": self.epoch_batches,
                 "full_fit_scale": round(self.scale, 4), "full_fit_cv_epoch_batches": round(self.cv_epoch_batches, 2),
                 "full_fit_cv_best_epoch_in_cycle": self.cv_best_epoch_in_cycle}
 
@@ -76,24 +79,22 @@ def _median_int(values: list[float]) -> int:
     return int(round(statistics.median(values)))
 
 
-def fold_facts(cfg: ExperimentConfig, study: str, fold_runs: dict[int, str]) -> list[FoldFacts]:
-    """The facts of each finished fold run, read back from MLflow (and the persisted folds)."""
+def fold_facts(cfg: ExperimentConfig, study: str, fold_runs: dict[int, str],
+               tile_folds: np.ndarray) -> list[FoldFacts]:
+    """The facts of each finished fold run, read back from MLflow; ``tile_folds``: every tile's persisted fold."""
     best = best_snapshots(study, fold_runs)
     versions = snapshot_versions(C.snapshot_model(study))
     facts = []
     for fold, run_id in sorted(fold_runs.items()):
         s = run_summary(run_id)
-        n_train = len(load_fold(cfg, fold).train_idx)
+        n_train = int((tile_folds != fold).sum())
         budgeted = C.Metric.DONE_STEPS in s.metrics and C.Metric.PLANNED_CYCLES in s.params
         if budgeted:
             epochs = max(s.metrics.get(C.Metric.DONE_EPOCHS, 0.0), 1.0)
             batches = s.metrics[C.Metric.DONE_STEPS] / epochs
             cycles, cycle_epochs = int(s.params[C.Metric.PLANNED_CYCLES]), int(s.params[C.Metric.PLANNED_CYCLE_EPOCHS])
         else:
-            bs = cfg.optim.batch_size
-            batches = n_train // bs if n_train > bs else 1  # train_loader drops the last partial batch
-            if cfg.train.max_train_batches is not None:
-                batches = min(batches, cfg.train.max_train_batches)
+            batches = epoch_batches(cfg, n_train)
             cycles, cycle_epochs = cfg.schedule.cycles, cfg.schedule.cycle_epochs
         suggestion = s.metrics.get("lr_find_suggestion")
         snap = best[fold]
@@ -119,8 +120,7 @@ def plan_full_fit(cfg: ExperimentConfig, facts: list[FoldFacts], *, all_tiles: i
         raise SaltError(f"cv run {cv_run}: no finished fold run to take the full fit's steps and threshold from")
     scale = all_tiles / statistics.median(f.train_tiles for f in facts)
     cv_batches = statistics.median(f.epoch_batches for f in facts)
-    bs = cfg.optim.batch_size
-    full_pass = all_tiles // bs if all_tiles > bs else 1
+    full_pass = epoch_batches(cfg, all_tiles, capped=False)
     batches = max(1, min(full_pass, math.ceil(cv_batches * scale - 1e-9)))
     cycles, cycle_epochs = _median_int([f.cycles for f in facts]), _median_int([f.cycle_epochs for f in facts])
     schedule = replace(cfg.schedule, budget_minutes=None, cycles=cycles, cycle_epochs=cycle_epochs,
@@ -143,10 +143,9 @@ def plan_full_fit(cfg: ExperimentConfig, facts: list[FoldFacts], *, all_tiles: i
 
 def run_full_fit(cfg: ExperimentConfig, cv: CVResult) -> tuple[FoldRunInfo, FullFitPlan]:
     """Train (or continue, or reuse) the full-data fit of ``cfg`` under its cv run."""
-    from salt_exp.data.kaggle import load_kaggle
-
-    facts = fold_facts(cfg, cv.study, cv.fold_runs)
-    plan = plan_full_fit(cfg, facts, all_tiles=len(load_kaggle(cfg.data.root).train.ids), cv_run=cv.run_id)
+    tile_folds = load_fold(cfg, C.FULL_FIT).folds["fold"].to_numpy()  # one read of the data and its folds
+    facts = fold_facts(cfg, cv.study, cv.fold_runs, tile_folds)
+    plan = plan_full_fit(cfg, facts, all_tiles=len(tile_folds), cv_run=cv.run_id)
     info = run_fold(plan.config, C.FULL_FIT, study=cv.study, parent_run_id=cv.run_id, resume=True,
                     threshold=plan.threshold, extra_params=plan.params())
     if info.result.status != FoldStatus.FINISHED:

@@ -50,6 +50,16 @@ def test_plan_refuses_what_it_cannot_derive(synth_dir):
         plan_full_fit(tiny_cfg(synth_dir, "optim.lr=auto"), [_facts(0, 2.0)], all_tiles=100, cv_run="cv1")
 
 
+def test_epoch_batches_is_what_train_loader_makes(synth_dir):
+    from salt_exp.train.setup import epoch_batches, load_fold, train_loader
+
+    for extra in ([], ["train.max_train_batches=null"], ["optim.batch_size=4", "train.max_train_batches=null"],
+                  ["optim.batch_size=1000", "train.max_train_batches=null"]):
+        cfg = tiny_cfg(synth_dir, *extra)
+        fd = load_fold(cfg, 0)
+        assert epoch_batches(cfg, len(fd.train_idx)) == len(train_loader(cfg, fd, 0)), extra
+
+
 def test_cycle_rank_follows_the_folds_mean_val_map_per_cycle():
     facts = [_facts(0, 1.0, maps={0: 0.5, 1: 0.7}), _facts(1, 1.0, maps={0: 0.6, 1: 0.65})]
     assert cycle_rank(facts, 2) == (1, 0)

@@ -56,7 +56,7 @@ def store_mismatch(study: optuna.Study, name: str, journal: str) -> StoreMismatc
 
     uid = study_uid(study)
     trials = study.get_trials(deepcopy=False)
-    runs = find_runs(C.experiment_name(name), C.TrialRunTags(study=name, study_uid=uid, trial=0).study_filter())
+    runs = find_runs(C.experiment_name(name), C.TrialRunTags.study_filter(uid))
     in_store = {int(r.tags[Tag.TRIAL]) for r in runs if r.tags.get(Tag.TRIAL, "").isdigit()}
     missing = tuple(n for n in _numbers([t for t in trials if t.state in FINISHED]) if n not in in_store)
     unknown = tuple(sorted(in_store - set(_numbers(trials))))

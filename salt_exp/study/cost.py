@@ -88,13 +88,12 @@ def stored_throughput(cfg: ExperimentConfig) -> tuple[float, str] | None:
     return None
 
 
-def measured_throughput(cfg: ExperimentConfig) -> float:
-    """Train images/s of ``cfg`` timed now on a few real loader batches of fold 0 (fp32)."""
+def measured_throughput(cfg: ExperimentConfig, fd) -> float:
+    """Train images/s of ``cfg`` timed now on a few real loader batches of ``fd`` (a ``FoldData``; fp32)."""
     from salt_exp.train.budget import probe_seconds
     from salt_exp.train.engine import Runtime
-    from salt_exp.train.setup import build_optimizer, build_parts, load_fold, train_loader
+    from salt_exp.train.setup import build_optimizer, build_parts, train_loader
 
-    fd = load_fold(cfg, 0)
     model, adapter, loss_fn = build_parts(cfg)
     rt = Runtime.resolve(cfg.train.device, cfg.train.amp, channels_last=False)
     model.to(rt.device)
@@ -106,19 +105,16 @@ def measured_throughput(cfg: ExperimentConfig) -> float:
 
 
 def study_cost(spec: StudySpec, trials_left: int) -> StudyCost:
-    from salt_exp.train.setup import load_fold
+    from salt_exp.train.setup import epoch_batches, load_fold
 
     cfg = spec.base_config()
     fd = load_fold(cfg, spec.folds[0])
-    bs, n_train = cfg.optim.batch_size, len(fd.train_idx)
-    batches = n_train // bs if n_train > bs else 1
-    if cfg.train.max_train_batches is not None:
-        batches = min(batches, cfg.train.max_train_batches)
+    bs, batches = cfg.optim.batch_size, epoch_batches(cfg, len(fd.train_idx))
     budget = cfg.schedule.budget_minutes
     ips, source = None, "budgeted"
     if budget is None and trials_left > 0:
         found = stored_throughput(cfg)
-        ips, source = found if found else (measured_throughput(cfg), "timed now, fp32")
+        ips, source = found if found else (measured_throughput(cfg, fd), "timed now, fp32")
     return StudyCost(study=spec.name, trials=trials_left, folds=len(spec.folds),
                      epochs=cfg.schedule.cycles * cfg.schedule.cycle_epochs, train_images=batches * bs,
                      val_images=len(fd.val_idx), budget_minutes=budget, images_per_s=ips, source=source,

@@ -82,7 +82,7 @@ class MLflowHook(HookBase):
                           weights=weights, oof=C.snapshot_oof(c) if scored else "")
         self.versions[c] = self.tracker.register_version(version.model, folder, version.to_tags(), key_tag="cycle")
         if scored:
-            self._log_run_table([s for s in (*event.published, snap) if s.oof])
+            self._log_run_table([*event.published, snap])
 
     def _log_run_table(self, snaps: list[SnapshotRef]) -> None:
         """Root ``coverage_bins.json`` (every cycle so far, rewritten whole) and the latest ``coverage_bins.png``."""

@@ -76,6 +76,16 @@ def _subset(fd: FoldData, idx: np.ndarray, channels: str, transform=None) -> Til
     return TileDataset(t.images[idx], t.masks[idx], t.depths[idx], channels, transform=transform)
 
 
+def epoch_batches(cfg: ExperimentConfig, n_tiles: int, *, capped: bool = True) -> int:
+    """Training batches of one epoch over ``n_tiles`` tiles, as :func:`train_loader` makes them: the last partial
+    batch dropped when there is more than one batch's worth, then ``train.max_train_batches`` (unless not
+    ``capped``). For planning without building a loader (full-data fits, study cost estimates)."""
+    bs = cfg.optim.batch_size
+    full = n_tiles // bs if n_tiles > bs else int(n_tiles > 0)
+    cap = cfg.train.max_train_batches
+    return min(full, cap) if capped and cap is not None else full
+
+
 def train_loader(cfg: ExperimentConfig, fd: FoldData, epoch: int, *, batches: int | None = None):
     """The loader of one epoch: order and augmentations are a function of (seed, epoch) alone, so resume replays.
     ``batches``: at most this many batches (a budgeted run's planned epoch), as does ``train.max_train_batches``."""
