@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv test data check train cv study dashboard ensemble report viz ui lint bench bench-precision bench-quality device-kit clean-cache
+.PHONY: venv test data check train cv study dashboard ensemble predict serve report viz ui lint bench bench-precision bench-quality device-kit clean-cache
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,14 @@ dashboard: $(STAMP)  ## optuna-dashboard of study NAME on http://127.0.0.1:8080
 ensemble: $(STAMP)  ## ensemble of study NAME from the registry -> submissions/NAME.csv
 	$(BIN)/salt-exp ensemble --study $(NAME) $(ENSEMBLE_ARGS)
 
+MODEL ?= models:/salt-$(NAME)-ensemble@champion
+predict: $(STAMP)  ## apply MODEL (default: study NAME's champion) to DATA's test tiles (or IMAGES=dir) -> OUT (default submissions/NAME-predict.csv)
+	$(BIN)/salt-exp predict $(MODEL) $(if $(IMAGES),--images $(IMAGES),--data $(DATA)) --out $(or $(OUT),submissions/$(NAME)-predict.csv) $(if $(PROBS),--probs,)
+
+PORT ?= 5001
+serve: $(STAMP)  ## serve MODEL (default: study NAME's champion) over HTTP on 127.0.0.1:PORT (mlflow models serve)
+	$(BIN)/salt-exp serve $(MODEL) --port $(PORT)
+
 report: $(STAMP)  ## error-analysis page of study NAME's champion ensemble (or RUN=id) -> reports/, logged to the run
 	$(BIN)/salt-exp report $(if $(RUN),--run $(RUN),--study $(NAME))
 
@@ -68,6 +76,7 @@ bench: data  ## benchmarks; results go to docs/BENCHMARKS.md by hand
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_train.py --data $(DATA)
 	$(BIN)/python benchmarks/bench_predict.py
+	$(BIN)/python benchmarks/bench_model_logging.py
 	$(BIN)/python benchmarks/bench_jigsaw.py
 	$(BIN)/python benchmarks/bench_viz.py --data $(DATA)
 	$(BIN)/python benchmarks/bench_models.py

@@ -427,7 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show the libraries' INFO logs (MLflow, database migrations, artifact progress bars)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_data_commands, _add_run_commands, _add_result_commands, _add_tool_commands):
+    from salt_exp.serving.commands import add_commands as _add_serving_commands
+
+    for add in (_add_data_commands, _add_run_commands, _add_result_commands, _add_serving_commands, _add_tool_commands):
         add(sub)
     return parser
 

@@ -8,15 +8,18 @@ no MLflow and no torch: records are built from plain values by ``salt_exp.tracki
 Runs (experiment ``salt/<study>``):
 
 - fold run (``salt.role=fold``): one fold of one config (:class:`FoldRunTags`), metrics per epoch,
-  one snapshot per cosine cycle under ``snapshots/cycle_<c>/``;
+  one snapshot per cosine cycle: its OOF and coverage-bin table under ``snapshots/cycle_<c>/`` and its
+  weights in a logged model of the run (a pyfunc model, :func:`snapshot_logged_name`, step = cycle);
 - trial run (``salt.role=trial``): a parent of fold runs (:class:`TrialRunTags`), ``cv_map``;
 - cv run (``salt.role=cv``): ``salt-exp cv``, a parent of one config's fold runs (:class:`CVRunTags`),
   ``cv_map``, ``fold<k>_map`` and the OOF breakdown by coverage bin;
-- ensemble run (``salt.role=ensemble``): members, OOF scores, the submission, ``ensemble/oof.npz``.
+- ensemble run (``salt.role=ensemble``): members, OOF scores, the submission, ``ensemble/oof.npz``,
+  and the ensemble as a logged pyfunc model (its members' weights, threshold, rules, mosaic context).
 
 Registry: each snapshot is a version of ``salt-<study>`` (:class:`SnapshotVersion` tags), each
 ensemble a version of ``salt-<study>-ensemble`` (:class:`EnsembleVersion`), the newest with the
-alias ``champion``.
+alias ``champion``. A version's source is its logged model (``models:/<model_id>``), so
+``mlflow.pyfunc.load_model("models:/salt-<study>-ensemble@champion")`` and ``mlflow models serve`` work.
 """
 
 from __future__ import annotations
@@ -49,6 +52,25 @@ def snapshot_model(study: str) -> str:
 def ensemble_model(study: str) -> str:
     """The registered model whose versions are the study's ensembles."""
     return f"salt-{study}-ensemble"
+
+
+def snapshot_logged_name(fold: int, cycle: int) -> str:
+    """The logged model of one cycle snapshot (run page "Logged models", model pages)."""
+    return f"fold{fold_label(fold)}-cycle{cycle}"
+
+
+def snapshot_model_key(cycle: int) -> str:
+    """How a fold run finds its cycle's logged model again (resume: logged once)."""
+    return f"cycle_{cycle}"
+
+
+ENSEMBLE_LOGGED_NAME = ENSEMBLE_MODEL_KEY = "ensemble"
+SNAPSHOT_MODEL_TYPE, ENSEMBLE_MODEL_TYPE = "salt-snapshot", "salt-ensemble"
+
+
+def model_weights_path(weights_file: str) -> str:
+    """Where a pyfunc model keeps an artifact file: ``artifacts/<name>`` inside the logged model."""
+    return f"artifacts/{Path(weights_file).name}"
 
 
 def trial_label(trial: int | None) -> str:
@@ -96,6 +118,8 @@ class Tag:
     BUDGET_NOTE = "salt.budget_note"  # budgeted fold runs: why the plan differs from the config's cycles
     FULL_FIT_OF = "salt.full_fit_of"  # a full-data fit: the cv run whose fold runs set its steps and threshold
     FULL_FIT_RUN = "salt.full_fit_run"  # a cv run: its full-data fit's run id
+    MODEL_KEY = "salt.model_key"  # logged models: how a run finds its own model again ("cycle_<c>", "ensemble")
+    MODEL_LOG_SECONDS = "salt.log_seconds"  # logged models: what logging it cost (save, upload, links)
     GIT_COMMIT = "mlflow.source.git.commit"  # a bare SHA
     GIT_DIRTY = "mlflow.source.git.dirty"  # "true" when tracked files had uncommitted changes
     GIT_BRANCH = "mlflow.source.git.branch"
@@ -228,10 +252,6 @@ def snapshot_oof(cycle: int) -> str:
     return f"{snapshot_dir(cycle)}/{SNAPSHOT_OOF_FILE}"
 
 
-def snapshot_weights(cycle: int, weights_file: str) -> str:
-    return f"{snapshot_dir(cycle)}/{Path(weights_file).name}"
-
-
 # ---------------------------------------------------------------- records
 
 
@@ -272,6 +292,7 @@ class RegistryVersion:
     source: str
     tags: dict[str, str] = field(default_factory=dict)
     created_ms: int = 0
+    model_id: str = ""  # the logged model the version was created from (MLflow 3); "" for a plain artifact folder
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -351,7 +372,9 @@ SNAPSHOT_REQUIRED = ("fold", "cycle", "val_map", "oof", "weights")
 class SnapshotVersion:
     """One registered cycle snapshot: where its weights and out-of-fold probabilities live.
 
-    ``version`` is empty until registered; ``created_ms`` is the registry's creation time. A full-data
+    ``version`` is empty until registered; ``created_ms`` is the registry's creation time. ``model_id``:
+    the snapshot's logged model, whose artifacts hold the weights (``weights`` is then a path inside
+    the model); versions registered before logged models keep ``weights`` in the run (``model_id`` ""). A full-data
     fit's snapshot (``fold`` :data:`FULL_FIT`, tag ``fold=all``) has no out-of-fold predictions (``oof``
     empty, ``val_map`` NaN) and its ``val_best_thr`` is the threshold its cv runs chose.
     """
@@ -367,9 +390,10 @@ class SnapshotVersion:
     val_map: float
     val_best_thr: float = 0.5
     encoder: str = "?"
-    weights: str  # artifact path inside run_id
+    weights: str  # artifact path inside model_id's artifacts (or inside run_id when model_id is "")
     oof: str  # artifact path inside run_id
     created_ms: int = 0
+    model_id: str = ""
 
     @property
     def key(self) -> str:
@@ -395,12 +419,13 @@ class SnapshotVersion:
                    trial=t.get("trial", NO_TRIAL), fold=parse_fold(t["fold"]), cycle=int(t["cycle"]),
                    epoch=int(t.get("epoch", -1)), val_map=float(t["val_map"]),
                    val_best_thr=float(t.get("val_best_thr", 0.5)), encoder=t.get("encoder", "?"),
-                   weights=t["weights"], oof=t["oof"], created_ms=v.created_ms)
+                   weights=t["weights"], oof=t["oof"], created_ms=v.created_ms, model_id=v.model_id)
 
     def member_row(self) -> dict[str, Any]:
         """The row of ``ensemble/members.json``."""
         return {"key": self.key, "run_id": self.run_id, "fold": fold_label(self.fold) if self.full_fit else self.fold,
-                "cycle": self.cycle, "val_map": None if self.full_fit else self.val_map, "encoder": self.encoder, "trial": self.trial}
+                "cycle": self.cycle, "val_map": None if self.full_fit else self.val_map, "encoder": self.encoder, "trial": self.trial,
+                "model_id": self.model_id}
 
 
 def best_snapshot(versions: Sequence[SnapshotVersion]) -> SnapshotVersion:

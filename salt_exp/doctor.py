@@ -88,7 +88,8 @@ def journal_findings(name: str, storage: str | None) -> list[Finding]:
 
 
 def store_findings(name: str) -> list[Finding]:
-    from salt_exp.tracking import client, find_runs, snapshot_versions
+    from salt_exp.tracking import client, ensemble_versions, find_runs, snapshot_versions
+    from salt_exp.tracking.registry import version_model_id
 
     out = []
     folds = find_runs(C.experiment_name(name), f"tags.`{Tag.ROLE}` = '{Role.FOLD.value}'")
@@ -97,12 +98,31 @@ def store_findings(name: str) -> list[Finding]:
             out.append(Finding(name, f"fold run {run.run_id} FINISHED but holds no artifacts (artifact root moved or "
                                      "deleted?)"))
     for v in snapshot_versions(C.snapshot_model(name)):
-        source = client().get_model_version(v.model, v.version).source
-        local = _local_path(source)
-        if local is not None and not local.exists():
-            out.append(Finding(name, f"{v.key} (run {v.run_id}, cycle {v.cycle}): its source {source} is gone"))
+        out += _source_findings(name, f"{v.key} (run {v.run_id}, cycle {v.cycle})",
+                                client().get_model_version(v.model, v.version).source, v.model_id)
+    for e in ensemble_versions(C.ensemble_model(name)):
+        rv = client().get_model_version(e.model, e.version)
+        out += _source_findings(name, f"{e.model}/v{e.version} (ensemble run {e.ensemble_run})", rv.source,
+                                version_model_id(rv))
     out += _fold_disagreements(name, [r.run_id for r in folds])
     return out
+
+
+def _source_findings(name: str, what: str, source: str, model_id: str) -> list[Finding]:
+    """A registry version whose source (a logged model, or a plain artifact folder) is gone or unfinished."""
+    from salt_exp.tracking.models import model_location, model_status
+
+    if model_id:
+        status = model_status(model_id)
+        if status is None:
+            return [Finding(name, f"{what}: its logged model {model_id} is not in the store")]
+        if status != "READY":
+            return [Finding(name, f"{what}: its logged model {model_id} is {status}, not READY")]
+        source = model_location(model_id) or source
+    local = _local_path(source)
+    if local is not None and not local.exists():
+        return [Finding(name, f"{what}: its source {source} is gone")]
+    return []
 
 
 def _fold_disagreements(name: str, run_ids: list[str]) -> list[Finding]:

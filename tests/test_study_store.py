@@ -89,10 +89,11 @@ def test_doctor_finds_the_mismatch_and_what_the_artifact_root_lost(synth_dir, ml
     capsys.readouterr()
     doctor = ["doctor", "--study", "sync", "--storage", str(journal)]
     assert main(doctor) == 0 and "no findings" in capsys.readouterr().out
-    # a snapshot folder deleted behind the registry's back
+    # a snapshot's logged model deleted behind the registry's back
     c = MlflowClient(mlflow_store)
     (version,) = c.search_model_versions("name='salt-sync'")
-    shutil.rmtree(version.source.removeprefix("file://"))
+    assert version.source.startswith("models:/m-")
+    shutil.rmtree(c.get_logged_model(version.source.removeprefix("models:/")).artifact_location.removeprefix("file://"))
     assert main(doctor) == 1
     out = capsys.readouterr().out
     assert f"salt-sync/v{version.version}" in out and "is gone" in out and "1 finding(s)" in out

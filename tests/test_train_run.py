@@ -69,6 +69,17 @@ def check_contract(c: MlflowClient, run_id: str, study: str) -> None:
         assert v.run_id == run_id and {"study", "trial", "fold", "cycle", "epoch", "val_map", "encoder"} <= set(v.tags)
         files = {a.path for a in c.list_artifacts(run_id, f"snapshots/cycle_{v.tags['cycle']}")}
         assert {f"snapshots/cycle_{v.tags['cycle']}/{n}" for n in ("oof.npz", "coverage_bins.json")} <= files
+        # the snapshot is a logged pyfunc model of its run: the version's source, its metrics linked to it
+        assert v.source.startswith("models:/m-"), v.source
+        lm = c.get_logged_model(v.source.removeprefix("models:/"))
+        assert lm.source_run_id == run_id and lm.status.name == "READY" and lm.name == f"fold0-cycle{v.tags['cycle']}"
+        linked = {m.key: m for m in lm.metrics}
+        assert {"snapshot_val_map", "snapshot_epoch", "val_err_share_empty"} <= set(linked), sorted(linked)
+        assert linked["snapshot_val_map"].value == pytest.approx(float(v.tags["val_map"]), abs=1e-6)
+        assert linked["snapshot_val_map"].dataset_name.endswith("-fold0-validation")
+        assert v.tags["weights"].startswith("artifacts/cycle") and v.tags["weights"].endswith(".pt")
+    outputs = [(o.model_id, o.step) for o in run.outputs.model_outputs]
+    assert sorted(step for _, step in outputs) == [0, 1] and {m for m, _ in outputs} == {v.source.removeprefix("models:/") for v in versions}
 
 
 def test_fold_run_writes_the_mlflow_contract(synth_dir, mlflow_store, tmp_path):
@@ -144,29 +155,32 @@ class Crash(Exception):
 
 def test_crash_between_bins_table_and_snapshot_upload_then_resume(synth_dir, mlflow_store, monkeypatch):
     """Every write the contract owns is replay-safe: the snapshot's coverage-bin table is written, then the
-    run dies before its weights upload; the resumed run leaves one copy of every row, step and version."""
-    from salt_exp.tracking import RunTracker
+    run dies while its weights upload to the logged model; the resumed run leaves one copy of every row,
+    step, model and version."""
 
-    real = RunTracker.log_artifact
+    real = MlflowClient.log_model_artifacts
     crashed = []
 
-    def log_artifact(self, path, artifact_path=None):
-        if not crashed and str(path).endswith(".pt") and (artifact_path or "").startswith("snapshots/"):
-            crashed.append(artifact_path)
-            raise Crash(f"killed before uploading {path}")
-        return real(self, path, artifact_path)
+    def log_model_artifacts(self, model_id, local_dir, artifact_path=None):
+        if not crashed:
+            crashed.append(model_id)
+            raise Crash(f"killed while uploading the weights of {model_id}")
+        return real(self, model_id, local_dir, artifact_path)
 
-    monkeypatch.setattr(RunTracker, "log_artifact", log_artifact)
+    monkeypatch.setattr(MlflowClient, "log_model_artifacts", log_model_artifacts)
     cfg = tiny_cfg(synth_dir, *FAST)
     with pytest.raises(Crash):
         run_fold(cfg, 0, study="crash")
     c = MlflowClient(mlflow_store)
     (run,) = c.search_runs([c.get_experiment_by_name("salt/crash").experiment_id])
-    assert run.info.status == "KILLED" and crashed == ["snapshots/cycle_0"]
+    assert run.info.status == "KILLED" and len(crashed) == 1
     assert any(a.path.endswith("coverage_bins.json") for a in c.list_artifacts(run.info.run_id, "snapshots/cycle_0"))
+    assert c.get_logged_model(crashed[0]).status.name == "FAILED"  # the half-uploaded model is marked, not used
+    assert not c.search_model_versions("name='salt-crash'")  # nothing registered from it
     info = run_fold(cfg, 0, study="crash", resume=True)
     assert info.run_id == run.info.run_id and info.result.status == "FINISHED"
     check_contract(c, info.run_id, "crash")
+    assert f"models:/{crashed[0]}" not in {v.source for v in c.search_model_versions("name='salt-crash'")}
     import json
 
     import mlflow

@@ -196,3 +196,25 @@ def load_kaggle(root: str | Path, *, cache: bool = True) -> KaggleData:
     if cache:
         tile_cache.save(data)
     return data
+
+
+def load_test_tiles(root: str | Path) -> tuple[TileSet, pd.DataFrame | None]:
+    """The test tiles of a Kaggle-layout folder and its mosaics.csv (None when absent), for prediction: only
+    ``test/images`` is required (ids from sample_submission.csv, else the file names); a depth missing from
+    depths.csv is NaN here (a model that reads depths says so). SaltError with the first problem."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SaltError(f"{root}: data folder not found (expected the Kaggle TGS layout with test/images)")
+    if not (root / "test/images").is_dir():
+        raise SaltError(f"{root / 'test/images'}: missing folder (expected the Kaggle layout's test tiles)")
+    problems: list[str] = []
+    depths = _read_depths(root, problems) if (root / "depths.csv").exists() else {}
+    test = _read_test(root, depths, problems)
+    mosaics = _read_mosaics(root, problems)
+    problems = [p for p in problems if "missing depth" not in p]
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise SaltError(problems[0] + more)
+    if test is None or not len(test):
+        raise SaltError(f"{root / 'test/images'}: no test tiles (.png) found")
+    return test, mosaics

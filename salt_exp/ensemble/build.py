@@ -2,7 +2,8 @@
 
 Everything the ensemble used and measured goes to one MLflow run (``salt.role=ensemble``) and
 the ensemble is registered as a version of ``salt-<study>-ensemble`` (alias ``champion``) whose
-tags pin its member versions.
+tags pin its member versions. The submission is written by the same
+:class:`~salt_exp.serving.predictor.EnsemblePredictor` the registered pyfunc model runs.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from salt_exp.ensemble.mosaic import MosaicIndex
 from salt_exp.ensemble.oof import OOFResult, evaluate_oof
 from salt_exp.ensemble.options import EnsembleOptions
 from salt_exp.ensemble.postprocess import RULE_ORDER, apply_rules, measure_rules
-from salt_exp.ensemble.predict import predict_test
+from salt_exp.ensemble.predict import group_predictors
 from salt_exp.ensemble.select import Member, select_full_fits, select_members
 from salt_exp.errors import SaltError
 from salt_exp.io import atomic_open
 from salt_exp.metrics import image_scores
+from salt_exp.serving.predictor import EnsemblePredictor, KnownTiles
 from salt_exp.stores import submission_path
 from salt_exp.tracking import run_summary
 
@@ -69,18 +71,27 @@ class EnsembleResult:
     submission: Path | None
     test_threshold: float
     full_fit: list[Member] = field(default_factory=list)  # full-data fits in the test prediction (not in the OOF)
+    groups: dict[int, list[Member]] = field(default_factory=dict)  # what predicts the test tiles: folds (+ FULL_FIT)
+    predictor: EnsemblePredictor | None = None  # the test-time ensemble (the registered model runs the same)
 
 
-def mosaic_index(data: KaggleData) -> tuple[MosaicIndex | None, str]:
-    """Mosaics from mosaics.csv, else reconstructed from tile edges by the jigsaw solver."""
+def mosaic_table(data: KaggleData) -> tuple[pd.DataFrame | None, str]:
+    """The mosaic table (id, x, y, mosaic_id) from mosaics.csv, else reconstructed from tile edges by the jigsaw
+    solver; None when neither places a tile."""
     if data.mosaics is not None:
-        return MosaicIndex.from_frame(data.mosaics), "mosaics.csv"
+        return data.mosaics, "mosaics.csv"
     from salt_exp.ensemble.jigsaw import solve_jigsaw
 
     tiles = [data.train] + ([data.test] if data.test is not None else [])
     ids = np.concatenate([t.ids for t in tiles])
     frame = solve_jigsaw(ids, np.concatenate([t.images for t in tiles]))
-    return (MosaicIndex.from_frame(frame), "jigsaw") if len(frame) else (None, "none")
+    return (frame, "jigsaw") if len(frame) else (None, "none")
+
+
+def mosaic_index(data: KaggleData) -> tuple[MosaicIndex | None, str]:
+    """Mosaics from mosaics.csv, else reconstructed from tile edges by the jigsaw solver."""
+    frame, source = mosaic_table(data)
+    return (MosaicIndex.from_frame(frame) if frame is not None else None), source
 
 
 def choose_rules(spec: str, gains: list[dict]) -> list[str]:
@@ -110,16 +121,6 @@ def write_submission(path: Path, ids: Sequence[str], masks: np.ndarray) -> Path:
     return path
 
 
-def _postprocess_test(pred: np.ndarray, data: KaggleData, index: MosaicIndex | None, rules: list[str]) -> np.ndarray:
-    """Apply the rules to test tiles, with the known train masks as their mosaic neighbours."""
-    if not rules or index is None:
-        return pred
-    ids = np.concatenate([data.test.ids, data.train.ids])
-    images = np.concatenate([data.test.images, data.train.images])
-    both = np.concatenate([pred, data.train.masks])
-    return apply_rules(both, ids, images, index, rules=rules)[: len(pred)]
-
-
 def build_ensemble(spec: EnsembleSpec, cache: Path) -> tuple[EnsembleResult, KaggleData]:
     selection = select_members(spec.models, spec.top_k)
     full = [] if spec.options.full_fit == "exclude" else select_full_fits(spec.models, spec.top_k)
@@ -128,7 +129,8 @@ def build_ensemble(spec: EnsembleSpec, cache: Path) -> tuple[EnsembleResult, Kag
                         "train one with `salt-exp cv CONFIG --full-fit`")
     data = _data_for(spec, selection)
     oof = evaluate_oof(selection, data.train, spec.threshold, cache)
-    index, _ = mosaic_index(data)
+    frame, _ = mosaic_table(data)
+    index = MosaicIndex.from_frame(frame) if frame is not None else None
     truth = data.train.masks[data.train.position(oof.ids)]
     images = data.train.images[data.train.position(oof.ids)]
     gains = measure_rules(oof.pred, truth, oof.ids, images, index=index, rules=list(RULE_ORDER)) if index is not None else []
@@ -138,12 +140,17 @@ def build_ensemble(spec: EnsembleSpec, cache: Path) -> tuple[EnsembleResult, Kag
     thr = float(np.mean([f.threshold for f in oof.folds]))
     if spec.options.full_fit == "only":
         thr = float(np.mean([m.val_best_thr for m in full]))  # the threshold their cv runs chose
+    groups = {C.FULL_FIT: full} if spec.options.full_fit == "only" else {**selection, **({C.FULL_FIT: full} if full else {})}
+    # the labelled tiles as the test tiles' mosaic neighbours: what the registered model carries for its rules
+    known = KnownTiles.from_tiles(data.train.ids, data.train.masks, data.train.blank, frame) if frame is not None else None
+    predictor = EnsemblePredictor(group_predictors(groups, cache, spec.device), threshold=thr, rules=rules,
+                                  known=known, mosaics=frame,
+                                  fold_thresholds={str(f.fold): float(f.threshold) for f in oof.folds})
     submission = None
     if data.test is not None:
-        groups = {C.FULL_FIT: full} if spec.options.full_fit == "only" else {**selection, **({C.FULL_FIT: full} if full else {})}
-        probs = predict_test(groups, data.test, cache, spec.device)
-        pred = _postprocess_test((probs > thr).astype(np.uint8), data, index, rules)
+        pred = predictor.predict(data.test.images, ids=data.test.ids.tolist(), depths=data.test.depths)
         submission = write_submission(Path(spec.out) if spec.out else submission_path(spec.study), data.test.ids, pred)
     result = EnsembleResult(selection=selection, oof=oof, rule_gains=gains, rules=rules, oof_post=oof_post,
-                            post_pred=post, submission=submission, test_threshold=thr, full_fit=full)
+                            post_pred=post, submission=submission, test_threshold=thr, full_fit=full,
+                            groups=groups, predictor=predictor)
     return result, data

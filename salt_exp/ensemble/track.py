@@ -1,4 +1,5 @@
-"""Logs an ensemble to MLflow and registers it (alias ``champion``) with its members pinned."""
+"""Logs an ensemble to MLflow (its run, and its logged pyfunc model) and registers it (alias ``champion``) with its
+members pinned."""
 
 from __future__ import annotations
 
@@ -59,8 +60,44 @@ def _log_artifacts(tracker: RunTracker, result: EnsembleResult) -> None:
         tracker.log_artifact(path, C.ENSEMBLE_DIR)
 
 
+def _log_model(tracker: RunTracker, spec: EnsembleSpec, result: EnsembleResult) -> str:
+    """The ensemble as a pyfunc logged model of its run: its members' weights (copies: the model stands alone),
+    the groups, threshold and rules (``ensemble.json``), the mosaic table and the labelled neighbours."""
+    from salt_exp.serving.predictor import KNOWN_FILE, MOSAICS_FILE
+    from salt_exp.serving.pyfunc import KNOWN_ARTIFACT, MEMBER_PREFIX, MOSAICS_ARTIFACT, SPEC_ARTIFACT, signature
+    from salt_exp.tracking.models import code_file, log_pyfunc_model
+
+    predictor = result.predictor
+    names, artifacts, k = [], {}, 0
+    for group in predictor.groups:
+        names.append([])
+        for member in group:
+            names[-1].append(f"{MEMBER_PREFIX}{k}")
+            artifacts[f"{MEMBER_PREFIX}{k}"] = member.path
+            k += 1
+    members = [m for g in result.groups.values() for m in g]
+    params = {"study": spec.study, "threshold": result.test_threshold, "rules": ",".join(result.rules) or "none",
+              "top_cycles": spec.top_k, "full_fit": spec.options.full_fit, "tta": "hflip",
+              "members": ",".join(m.key for m in members)}
+    params.update({f"{MEMBER_PREFIX}{i}": f"{m.key} fold {C.fold_label(m.fold)} cycle {m.cycle} val_map {m.val_map:.4f}"
+                   + (f" ({m.model_id})" if m.model_id else "") for i, m in enumerate(members)})
+    with temp_dir() as tmp:
+        written = {p.name: p for p in predictor.save_context(Path(tmp), names)}
+        artifacts[SPEC_ARTIFACT] = written["ensemble.json"]
+        if MOSAICS_FILE in written:
+            artifacts[MOSAICS_ARTIFACT] = written[MOSAICS_FILE]
+        if KNOWN_FILE in written:
+            artifacts[KNOWN_ARTIFACT] = written[KNOWN_FILE]
+        return log_pyfunc_model(tracker.run_id, name=C.ENSEMBLE_LOGGED_NAME, key=C.ENSEMBLE_MODEL_KEY,
+                                code=code_file("ensemble_model"), artifacts=artifacts, signature=signature("ensemble"),
+                                model_type=C.ENSEMBLE_MODEL_TYPE, params=params, tags={C.Tag.STUDY: spec.study})
+
+
 def log_ensemble(spec: EnsembleSpec, result: EnsembleResult, data_root: Path) -> LoggedEnsemble:
-    """One ensemble run in ``salt/<study>``, registered as the champion version of ``salt-<study>-ensemble``."""
+    """One ensemble run in ``salt/<study>``, registered as the champion version of ``salt-<study>-ensemble``: a
+    logged pyfunc model (``mlflow.pyfunc.load_model("models:/salt-<study>-ensemble@champion")``)."""
+    from salt_exp.tracking.models import log_model_metrics
+
     members = [m for ms in result.selection.values() for m in ms] + result.full_fit
     tracker = RunTracker.start(C.experiment_name(spec.study), "ensemble", C.ensemble_run_tags(spec.study))
     tracker.log_params({"models": ",".join(spec.models), "top_k": spec.top_k, "threshold": spec.threshold,
@@ -70,12 +107,14 @@ def log_ensemble(spec: EnsembleSpec, result: EnsembleResult, data_root: Path) ->
                         "data_root": str(data_root), "members": ",".join(m.key for m in members)})
     solution = data_root / "solution.csv"
     lb = score_files(result.submission, solution) if result.submission and solution.exists() else {}
-    tracker.log_metrics(_metrics(result, lb), 0)
     _log_artifacts(tracker, result)
+    model_id = _log_model(tracker, spec, result)
+    log_model_metrics(tracker.run_id, model_id, _metrics(result, lb), 0)  # the run's metrics, shown on the model page
     model = C.ensemble_model(spec.study)
     record = EnsembleVersion(model=model, study=spec.study, ensemble_run=tracker.run_id,
                              members=tuple(m.key for m in members), oof_map=result.oof.score, rules=tuple(result.rules))
-    version = tracker.register_version(model, C.ENSEMBLE_DIR, record.to_tags(), key_tag="ensemble_run")
+    version = tracker.register_version(model, C.ENSEMBLE_DIR, record.to_tags(), key_tag="ensemble_run",
+                                       model_id=model_id)
     set_model_alias(model, C.CHAMPION, version)
     tracker.end(RunStatus.FINISHED)
     return LoggedEnsemble(tracker.run_id, version, lb)

@@ -10,9 +10,17 @@ from salt_exp.contract import EnsembleVersion, RegistryVersion, SnapshotVersion
 from salt_exp.tracking.store import client
 
 
+def version_model_id(v: Any) -> str:
+    """The logged model a version was created from: its ``models:/<model_id>`` source (the SQLite registry does
+    not keep ``model_id`` itself), "" for a version of a plain artifact folder."""
+    source = str(v.source or "")
+    return getattr(v, "model_id", None) or (source.removeprefix("models:/") if source.startswith("models:/m-") else "")
+
+
 def _record(model_name: str, v: Any) -> RegistryVersion:
     return RegistryVersion(name=model_name, version=str(v.version), run_id=v.run_id, source=v.source,
-                           tags=dict(v.tags), created_ms=int(v.creation_timestamp or 0))
+                           tags=dict(v.tags), created_ms=int(v.creation_timestamp or 0),
+                           model_id=version_model_id(v))
 
 
 def registry_versions(model_name: str) -> list[RegistryVersion]:

@@ -191,8 +191,9 @@ class RunTracker:
         self.close_parent(TrialState.COMPLETE, started=started, status=RunStatus.FINISHED)
 
     def register_version(self, model_name: str, artifact_path: str, tags: Mapping[str, Any],
-                         key_tag: str = "cycle") -> str:
-        """Register ``artifact_path`` of this run as a version of ``model_name``, exactly once.
+                         key_tag: str = "cycle", model_id: str | None = None) -> str:
+        """Register a logged model of this run (``model_id``; source ``models:/<model_id>``) or, without one,
+        ``artifact_path`` of this run as a version of ``model_name``, exactly once.
 
         A version of this run whose ``key_tag`` matches is returned instead of creating a second
         one, so a resumed run never registers a snapshot twice.
@@ -204,9 +205,9 @@ class RunTracker:
         for v in self.client.search_model_versions(f"name='{model_name}' and run_id='{self.run_id}'"):
             if v.tags.get(key_tag) == str(tags.get(key_tag)):
                 return str(v.version)
-        source = f"{self.artifact_uri}/{artifact_path}"
+        source = f"models:/{model_id}" if model_id else f"{self.artifact_uri}/{artifact_path}"
         version = self.client.create_model_version(model_name, source=source, run_id=self.run_id,
-                                                   tags={k: str(v) for k, v in tags.items()})
+                                                   tags={k: str(v) for k, v in tags.items()}, model_id=model_id)
         return str(version.version)
 
 

@@ -1,12 +1,14 @@
 """The fold-run hook that writes the MLflow contract (names and paths from ``salt_exp.contract``).
 
 Idempotent: metric steps already in the run are skipped, artifacts already logged are not
-uploaded again, tables are replaced whole and a cycle's registry version is created once, so a
-resumed run that replays its events leaves exactly one copy of everything.
+uploaded again, tables are replaced whole, a cycle's logged model is found again by its key and its
+registry version is created once, so a resumed run that replays its events leaves exactly one copy
+of everything.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,13 +26,16 @@ from salt_exp.train.state import SnapshotRef
 class MLflowHook(HookBase):
     """``template`` holds the version tags every snapshot of this run shares (study, trial, fold, ...)."""
 
-    def __init__(self, tracker: RunTracker, template: SnapshotVersion) -> None:
+    def __init__(self, tracker: RunTracker, template: SnapshotVersion, dataset: tuple[str, str] | None = None) -> None:
         self.tracker, self.template = tracker, template
+        self.dataset = dataset  # (name, digest) of the validation tiles: what snapshot metrics were measured on
         self._logged: dict[str, set[int]] = {}
         self.versions: dict[int, str] = {}
 
-    def _log_new(self, metrics: dict[str, float], step: int) -> None:
-        """Log the metrics not yet at ``step`` (a resumed run replays steps it may have logged)."""
+    def _log_new(self, metrics: dict[str, float], step: int, *, model_id: str | None = None,
+                 dataset: tuple[str, str] | None = None) -> None:
+        """Log the metrics not yet at ``step`` (a resumed run replays steps it may have logged); with ``model_id``
+        they also belong to that logged model (measured on ``dataset`` (name, digest) when given)."""
         fresh = {}
         for key, value in metrics.items():
             if key not in self._logged:
@@ -38,7 +43,11 @@ class MLflowHook(HookBase):
             if step not in self._logged[key]:
                 fresh[key] = value
                 self._logged[key].add(step)
-        if fresh:
+        if fresh and model_id:
+            from salt_exp.tracking.models import log_model_metrics
+
+            log_model_metrics(self.tracker.run_id, model_id, fresh, step, dataset)
+        elif fresh:
             self.tracker.log_metrics(fresh, step)
 
     def on_start(self, event: RunStart) -> None:
@@ -59,30 +68,53 @@ class MLflowHook(HookBase):
         self._log_new(event.metrics, event.epoch)
 
     def on_snapshot(self, event: SnapshotReady) -> None:
-        """Log and register the best snapshot of a cycle (a full-data fit's: its latest, with no OOF)."""
+        """Log and register the best snapshot of a cycle (a full-data fit's: its latest, with no OOF): its OOF and
+        coverage-bin table into the run's ``snapshots/cycle_<c>/``, its weights as a logged pyfunc model (with the
+        cycle's metrics linked to it), then the registry version created from that model."""
         snap, c = event.snapshot, event.snapshot.cycle
         scored = bool(snap.oof)
         bins = {f"val_map_bin_{b['bin']}": b["mean_score"] for b in snap.bins if b["count"]}
         bins.update({f"val_err_share_{b['bin']}": b["err_share"] for b in snap.bins})
         scores = {C.Metric.SNAPSHOT_VAL_MAP: snap.val_map} if scored else {}
-        self._log_new({**bins, **scores, C.Metric.SNAPSHOT_EPOCH: snap.epoch}, c)
         folder = C.snapshot_dir(c)
-        weights = C.snapshot_weights(c, snap.weights)
-        if not self.tracker.artifact_exists(C.snapshot_oof(c) if scored else weights):
-            if scored:
-                self.tracker.log_table({k: [b[k] for b in snap.bins] for k in snap.bins[0]}, f"{folder}/{C.COVERAGE_TABLE}")
-                self._log_bins_png(snap, folder)
+        if scored and not self.tracker.artifact_exists(C.snapshot_oof(c)):
+            self.tracker.log_table({k: [b[k] for b in snap.bins] for k in snap.bins[0]}, f"{folder}/{C.COVERAGE_TABLE}")
+            self._log_bins_png(snap, folder)
             with temp_dir() as tmp:
-                self.tracker.log_artifact(snap.weights, folder)
-                if scored:
-                    oof = C.write_snapshot_oof(Path(tmp) / C.SNAPSHOT_OOF_FILE, event.val_ids, np.load(snap.oof))
-                    self.tracker.log_artifact(oof, folder)  # last: its presence marks the folder complete
+                oof = C.write_snapshot_oof(Path(tmp) / C.SNAPSHOT_OOF_FILE, event.val_ids, np.load(snap.oof))
+                self.tracker.log_artifact(oof, folder)  # last: its presence marks the folder complete
         thr = snap.val_best_thr if scored else self.template.val_best_thr  # a full fit: its cv runs' threshold
+        model_id = self._log_model(snap, thr)
+        self._log_new({**bins, **scores, C.Metric.SNAPSHOT_EPOCH: snap.epoch}, c, model_id=model_id,
+                      dataset=self.dataset if scored else None)
         version = replace(self.template, cycle=c, epoch=snap.epoch, val_map=snap.val_map, val_best_thr=thr,
-                          weights=weights, oof=C.snapshot_oof(c) if scored else "")
-        self.versions[c] = self.tracker.register_version(version.model, folder, version.to_tags(), key_tag="cycle")
+                          weights=C.model_weights_path(snap.weights), oof=C.snapshot_oof(c) if scored else "",
+                          model_id=model_id)
+        self.versions[c] = self.tracker.register_version(version.model, folder, version.to_tags(), key_tag="cycle",
+                                                         model_id=model_id)
         if scored:
             self._log_run_table([*event.published, snap])
+
+    def _log_model(self, snap: SnapshotRef, threshold: float) -> str:
+        """The snapshot as a pyfunc logged model of this run (step: its cycle), logged once per cycle."""
+        from salt_exp.serving.pyfunc import WEIGHTS_ARTIFACT, signature
+        from salt_exp.tracking.models import code_file, log_pyfunc_model
+
+        t, c = self.template, snap.cycle
+        fold = C.fold_label(t.fold)
+        meta = {"label": f"{t.model} fold {fold} cycle {c} (run {self.tracker.run_id})", "threshold": float(threshold),
+                "study": t.study, "trial": t.trial, "fold": fold, "cycle": int(c), "epoch": int(snap.epoch),
+                "run_id": self.tracker.run_id}
+        with temp_dir() as tmp:
+            meta_file = Path(tmp) / "snapshot.json"
+            meta_file.write_text(json.dumps(meta, indent=2))
+            return log_pyfunc_model(
+                self.tracker.run_id, name=C.snapshot_logged_name(t.fold, c), key=C.snapshot_model_key(c),
+                code=code_file("snapshot_model"), artifacts={WEIGHTS_ARTIFACT: snap.weights, "meta": meta_file},
+                signature=signature("snapshot"), model_type=C.SNAPSHOT_MODEL_TYPE, step=c,
+                params={"study": t.study, "trial": t.trial, "fold": fold, "cycle": c, "epoch": snap.epoch,
+                        "encoder": t.encoder, "val_best_thr": threshold, "registered_model": t.model},
+                tags={Tag.STUDY: t.study, Tag.FOLD: fold, Tag.TRIAL: t.trial})
 
     def _log_run_table(self, snaps: list[SnapshotRef]) -> None:
         """Root ``coverage_bins.json`` (every cycle so far, rewritten whole) and the latest ``coverage_bins.png``."""

@@ -82,7 +82,8 @@ def run_fold(cfg: ExperimentConfig, fold: int, *, study: str = C.ADHOC, trial: i
     template = SnapshotVersion(model=C.snapshot_model(study), run_id=tracker.run_id, study=study, trial=tags.trial,
                                fold=fold, encoder=cfg.model.encoder, cycle=-1, val_map=math.nan, val_best_thr=threshold,
                                weights="", oof="")
-    hook = MLflowHook(tracker, template)
+    validation = [(r.name, r.digest) for r in fold_datasets(fd, fold) if r.context == "validation"]
+    hook = MLflowHook(tracker, template, validation[0] if validation else None)
     label = f"{study} fold {C.fold_label(fold)}" if trial is None else f"{study} trial {trial} fold {fold}"
     hooks = [hook, EpochLog(label), *(extra_hooks or [])]
     trainer = FoldTrainer(cfg, fd, fold, workdir=work_root() / tracker.run_id, hooks=hooks)
