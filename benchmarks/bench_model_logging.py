@@ -2,7 +2,8 @@
 
 - ``salt`` : the harness's path (``tracking.models.log_pyfunc_model``: pyfunc from code, pinned requirements,
   the package copied into ``code/``, upload, READY) plus the registry version;
-- ``pytorch``: ``mlflow.pytorch.log_model(model, name=...)`` with its defaults (requirement inference), for scale;
+- ``pytorch``: ``mlflow.pytorch.log_model(model, name=..., serialization_format="pickle")`` otherwise with its
+  defaults (requirement inference; 3.17's default pt2 format needs an input example), for scale;
 - ``artifact``: the pre-issue-16 path, the checkpoint uploaded as a plain run artifact.
 
 Each against a fresh SQLite store in a temp folder, the same checkpoint, ``--repeats`` times (median printed).
@@ -64,7 +65,7 @@ def main() -> None:
             with mlflow.start_run(run_id=tracker.run_id), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 t0 = time.perf_counter()
-                mlflow.pytorch.log_model(model, name=f"pytorch-{r}")
+                mlflow.pytorch.log_model(model, name=f"pytorch-{r}", serialization_format="pickle")
                 times["pytorch"].append(time.perf_counter() - t0)
         tracker.end("FINISHED")
     print(f"checkpoint: {args.encoder} UNet, {size_mb:.1f} MiB; {args.repeats} repeats, median seconds per snapshot")

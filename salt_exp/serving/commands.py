@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,9 @@ def load_salt_model(uri: str) -> tuple[Any, Any]:
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()  # MLflow resolves models:/ and runs:/ in the project's store
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        with warnings.catch_warnings():  # "add type hints to predict": the signature is explicit, hints would replace it
+            warnings.simplefilter("ignore", UserWarning)
+            model = mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
         raise SaltError(f"{uri}: {_first_line(exc)}") from None
     finally:
