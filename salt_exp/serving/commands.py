@@ -151,9 +151,9 @@ def _progress(total: int, label: str) -> Any:
     return tqdm(total=total, desc=label, unit="tile", file=sys.stderr, mininterval=1.0, disable=None)
 
 
-def run_predict(uri: str, tiles: Tiles, *, probs: bool = False, device: str = "auto") -> np.ndarray:
-    """(N, 101, 101): uint8 0/1 masks, or float32 probabilities with ``probs``."""
-    _, inner = load_salt_model(uri)
+def run_predict(inner: Any, tiles: Tiles, *, probs: bool = False, device: str = "auto") -> np.ndarray:
+    """(N, 101, 101) of the salt-exp model ``inner`` (from :func:`load_salt_model`): uint8 0/1 masks, or float32
+    probabilities with ``probs``."""
     predictor = inner.predictor
     for m in getattr(predictor, "members", [predictor]):
         m.device = device
@@ -217,9 +217,9 @@ def cmd_predict(args: Any) -> int:
     if bool(args.images) == bool(args.data):
         raise SaltError("predict: give exactly one of --images DIR (PNG tiles) or --data DIR (Kaggle layout, test/images)")
     check_output(args.out, probs=args.probs)
-    check_model_uri(args.model_uri)  # an unknown model, version or alias before any tile is read
+    _, inner = load_salt_model(args.model_uri)  # an unknown model, version or alias before any tile is read
     tiles = read_images_folder(args.images) if args.images else read_data_folder(args.data)
-    arrays = run_predict(args.model_uri, tiles, probs=args.probs, device=args.device)
+    arrays = run_predict(inner, tiles, probs=args.probs, device=args.device)
     print(f"{args.model_uri}: {write_output(args.out, tiles.ids, arrays, probs=args.probs)}")
     return 0
 
