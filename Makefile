@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv test data check train cv study dashboard ensemble predict serve report viz ui lint bench bench-precision bench-quality device-kit clean-cache
+.PHONY: venv test data check train cv study dashboard ensemble pseudo swa predict serve report viz ui lint bench bench-precision bench-quality bench-ensemble device-kit clean-cache
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,12 @@ dashboard: $(STAMP)  ## optuna-dashboard of study NAME on http://127.0.0.1:8080
 
 ensemble: $(STAMP)  ## ensemble of study NAME from the registry -> submissions/NAME.csv
 	$(BIN)/salt-exp ensemble --study $(NAME) $(ENSEMBLE_ARGS)
+
+swa: $(STAMP)  ## SWA snapshot (cycles averaged, BatchNorm recalibrated) of each fold run of study STUDY (default NAME)'s best trial or cv run, registered beside its cycles; RUNS=all, SWA_ARGS (e.g. --top 3)
+	$(BIN)/salt-exp swa --study $(or $(STUDY),$(NAME)) $(if $(RUNS),--runs $(RUNS),) $(SWA_ARGS)
+
+pseudo: $(STAMP)  ## pseudo-labelling round from study STUDY's champion ensemble: labels (per fold, leak-free) + cv on train + labels in STUDY-pl<round>; CONFIG (given: with DATA), FOLDS, INTO, PSEUDO_ARGS; default config: the ensemble's best member's
+	$(BIN)/salt-exp pseudo --study $(STUDY) $(if $(filter command line environment,$(origin CONFIG)),--config $(CONFIG) --set data.root=$(DATA),) $(if $(FOLDS),--folds $(FOLDS),) $(if $(INTO),--into $(INTO),) $(PSEUDO_ARGS)
 
 MODEL ?= models:/salt-$(NAME)-ensemble@champion
 predict: $(STAMP)  ## apply MODEL (default: study NAME's champion) to DATA's test tiles (or IMAGES=dir) -> OUT (default submissions/NAME-predict.csv)
@@ -90,6 +96,10 @@ MINUTES ?= 25
 bench-quality: $(STAMP)  ## smp loop vs harness configs at MINUTES per fold on DATA (real data); resumable parts -> benchmarks/results/quality.json
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
 	$(BIN)/python benchmarks/bench_quality.py --data $(DATA) --minutes $(MINUTES) $(if $(FOLDS),--folds $(FOLDS),) $(if $(PIPELINES),--pipelines $(PIPELINES),) --docs
+
+bench-ensemble: $(STAMP)  ## the ensemble waterfall of configs/cpu.yaml on DATA (real data), one fold per part -> benchmarks/results/ensemble.json
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
+	$(BIN)/python benchmarks/bench_ensemble.py --data $(DATA) --minutes $(MINUTES) $(if $(FOLDS),--folds $(FOLDS),) --docs
 
 KIT_DATA ?= ../shared/tgs
 device-kit: $(STAMP)  ## kit/ for a lent GPU: py3.12 wheels the device lacks + KIT_DATA packed small (docs/GPU.md)

@@ -112,13 +112,37 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pseudo(args: argparse.Namespace) -> int:
+    from salt_exp.contract import fold_label
+    from salt_exp.pseudo import PseudoRequest, run_pseudo
+
+    o = run_pseudo(PseudoRequest(study=args.study, version=args.version, config=args.config, overrides=tuple(args.set),
+                                 folds=args.folds, into=args.into, full_fit=args.full_fit, device=args.device))
+    print(f"pseudo run {o.pseudo_run} ({'reused' if o.reused else 'new'}): round {o.round} in study {o.study}, labels "
+          f"from {o.source.key} (rules {', '.join(o.source.rules) or 'none'})")
+    for fold, fl in sorted(o.labels.items()):
+        print(f"  fold {fold_label(fold)}: kept {fl.kept_empty} empty + {fl.kept_nonempty} non-empty, dropped "
+              f"{fl.dropped} (threshold {fl.threshold:.2f})")
+    r = o.cv
+    print(f"cv run {r.run_id}: cv_map {r.cv_map:.4f} +- {r.cv_map_sd:.4f}; OOF mAP {r.oof_map:.4f}; "
+          f"trained now: {r.trained or 'none (all folds had finished)'}")
+    for fold, value in r.fold_maps.items():
+        print(f"  fold {fold}: {value:.4f} (run {r.fold_runs[fold]})")
+    if o.full_fit is not None:
+        print(f"full fit run {o.full_fit.run_id}{' (had finished)' if o.full_fit.already_finished else ''}")
+    print(f"next: salt-exp ensemble --study {o.study}, then salt-exp pseudo --study {o.study} for round {o.round + 1}")
+    return 0
+
+
 def _print_ensemble(outcome) -> None:
     from salt_exp.contract import CHAMPION, ensemble_model
 
     spec, result, logged = outcome.spec, outcome.result, outcome.logged
     oof = result.oof
     print(f"ensemble run {logged.run_id}, registered {ensemble_model(spec.study)} v{logged.version} (alias {CHAMPION})")
-    print(f"members: {sum(len(v) for v in result.selection.values())} snapshots over folds {sorted(result.selection)}")
+    print(f"members: {sum(len(v) for v in result.selection.values())} snapshots over folds {sorted(result.selection)}"
+          + (f"; left out by the greedy selection (the mean with them scored lower): "
+             f"{', '.join(m.key for m in result.left_out)}" if result.left_out else ""))
     if result.full_fit or spec.options.full_fit != "include":
         print(f"full-data fits ({spec.options.full_fit}): {', '.join(m.key for m in result.full_fit) or 'none'}; test "
               f"threshold {result.test_threshold:.3f}")
@@ -126,7 +150,13 @@ def _print_ensemble(outcome) -> None:
           + ", ".join(f"fold {f.fold}: {f.threshold:.2f}" for f in oof.folds))
     for g in result.rule_gains:
         print(f"  post-processing {g['rule']:<28} OOF gain {g['gain']:+.4f} ({g['tiles_changed']} tiles changed)")
-    print(f"rules applied: {', '.join(result.rules) or 'none'}; OOF after post-processing {result.oof_post:.4f}")
+    print(f"rules applied: {', '.join(result.rules) or 'none'}; OOF after post-processing {result.oof_post:.4f}"
+          + (f" ({result.broken_seams} mosaic seams cut by the jigsaw check)" if result.broken_seams else ""))
+    if result.waterfall is not None:
+        print("waterfall (out of fold; gain = step - previous, sd over folds):")
+        for st in result.waterfall.steps:
+            gain = "" if st.gain is None else f" {st.gain:+.4f}" + ("" if st.gain_sd is None else f" (sd {st.gain_sd:.4f})")
+            print(f"  {st.label:<32} " + (f"{st.score:.4f}{gain}" if st.score is not None else f"- ({st.note})"))
     lb = logged.lb
     if result.submission:
         print(f"submission: {result.submission}" + "".join(f"; {k} LB {lb[k]:.4f}" for k in ("public", "private") if lb.get(k) is not None))
@@ -135,24 +165,54 @@ def _print_ensemble(outcome) -> None:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
+    from salt_exp.cv import parse_folds
     from salt_exp.ensemble.build import EnsembleSpec
     from salt_exp.ensemble.options import ensemble_options
     from salt_exp.pipeline import ensemble_study
 
     threshold = args.threshold if args.threshold == "search" else _number(args.threshold, "--threshold")
-    options = ensemble_options({"top_cycles": args.top_cycles, "threshold": threshold, "postprocess": args.postprocess,
-                                "full_fit": args.full_fit}, "salt-exp ensemble")
+    options = ensemble_options({"top_cycles": args.top_cycles, "selection": args.selection, "threshold": threshold, "postprocess": args.postprocess,
+                                "full_fit": args.full_fit, "swa": args.swa, "oof_tta": not args.no_oof_tta,
+                                "test_context": not args.no_test_context,
+                                "seam_max_cost": _number(args.seam_max_cost, "--seam-max-cost", "a number in [0, 2]")}, "salt-exp ensemble")
     models = [m for m in (args.models or "").split(",") if m]
-    spec = EnsembleSpec.for_study(args.study, models, options=options, data=args.data, out=args.out, device=args.device)
+    folds = tuple(parse_folds(args.folds, 10 ** 6)) if args.folds else ()
+    spec = EnsembleSpec.for_study(args.study, models, options=options, data=args.data, out=args.out, device=args.device,
+                                  folds=folds)
     _print_ensemble(ensemble_study(spec))
     return 0
 
 
-def _number(text: str, flag: str) -> float:
+def _number(text: str, flag: str, expected: str = "'search' or a number") -> float:
     try:
         return float(text)
     except ValueError:
-        raise SaltError(f"{flag}: expected 'search' or a number, got {text!r}") from None
+        raise SaltError(f"{flag}: expected {expected}, got {text!r}") from None
+
+
+def cmd_swa(args: argparse.Namespace) -> int:
+    from salt_exp.ensemble.swa_runs import swa_study
+
+    report = swa_study(args.study, runs=args.runs, top=args.top, bn_batches=args.bn_batches, device=args.device)
+    print(f"SWA snapshots of {report.selection}")
+    for o in report.outcomes:
+        print(_swa_line(o))
+    if not any(o.version for o in report.outcomes):
+        raise SaltError(f"study {args.study!r}: no fold run could be averaged (see the lines above)")
+    return 0
+
+
+def _swa_line(o) -> str:
+    """One fold's SWA snapshot against the run's best cycle, or why it has none."""
+    from salt_exp.contract import fold_label
+
+    head = f"  fold {fold_label(o.fold)} (run {o.run_id}): "
+    if o.version is None:
+        return head + f"skipped: {o.skipped}"
+    v, b = o.version, o.best_cycle
+    versus = f" vs best cycle {b.cycle} {b.val_map:.4f} ({v.val_map - b.val_map:+.4f})" if b is not None else ""
+    return (head + f"swa of cycles {','.join(map(str, o.cycles))} val_map {v.val_map:.4f}{versus}; {v.key}"
+            + ("" if o.created else " (made before)"))
 
 
 def _confirm_cost(request, yes: bool, estimate_only: bool) -> bool:
@@ -264,7 +324,7 @@ def _add_source_args(p: argparse.ArgumentParser, submission: bool) -> None:
         p.add_argument("--submission", help="a submission CSV (test tiles only)")
     else:
         p.set_defaults(submission=None)
-    p.add_argument("--cycle", type=int, help="for a fold run: the snapshot of this cycle")
+    p.add_argument("--cycle", type=int, help="for a fold run: the snapshot of this cycle (-1: its SWA snapshot)")
     p.add_argument("--data", help="dataset folder (default: the one the run used)")
     p.add_argument("--out", help="output folder (default reports/<study or run>)")
     p.add_argument("--no-log", action="store_true", help="only write files, log nothing to MLflow")
@@ -290,7 +350,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:
-    """``train``, ``cv``, ``study``, ``study-report``: runs that train."""
+    """``train``, ``cv``, ``study``, ``study-report``, ``pseudo``: runs that train."""
     from salt_exp.contract import ADHOC
 
     p = sub.add_parser("train", help="train one fold of one config as an MLflow run")
@@ -336,6 +396,19 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_study_report)
 
+    p = sub.add_parser("pseudo", help="pseudo-labelling round: label the test tiles from a study's ensemble (per fold, "
+                       "leak-free), then cross-validate the round's config on train + pseudo-labels")
+    p.add_argument("--study", required=True, help="the study whose ensemble labels the test tiles")
+    p.add_argument("--version", default="champion", help="ensemble version: an alias (default champion) or a number")
+    p.add_argument("--config", default=None, help="the round's config (default: the ensemble's best member's config)")
+    p.add_argument("--folds", default=None, help="folds to train, e.g. 0-4 (default: every fold of data.n_folds)")
+    p.add_argument("--into", default=None, help="the round's study (default <study>-pl<round>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override of the round's config, repeatable (e.g. pseudo.share=0.3)")
+    p.add_argument("--full-fit", action="store_true", help="then a full-data fit on every tile plus the whole ensemble's labels")
+    p.add_argument("--device", default="auto", help="where the members predict the test tiles")
+    p.set_defaults(func=cmd_pseudo)
+
 
 def _add_result_commands(sub: argparse._SubParsersAction) -> None:
     """``ensemble``, ``viz``, ``report``: what is built from the runs' stored results."""
@@ -351,10 +424,33 @@ def _add_result_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--full-fit", default=defaults.full_fit, choices=("include", "exclude", "only"),
                    help="full-data fits of the models (salt-exp cv --full-fit) in the test prediction: include (beside "
                    "the folds, default), only, or exclude; the OOF figures are the folds' either way")
+    p.add_argument("--selection", default=defaults.selection, choices=("greedy", "top"),
+                   help="greedy (default): per fold a further snapshot joins only when it raises the fold's OOF score; "
+                   "top: all of the --top-cycles best")
+    p.add_argument("--folds", help="only these folds' snapshots, e.g. 0-2 or 3 (default: every fold)")
+    p.add_argument("--swa", default=defaults.swa, choices=("include", "exclude"),
+                   help="SWA snapshots (salt-exp swa): compete with the cycles on val_map (include) or never (exclude)")
+    p.add_argument("--no-oof-tta", action="store_true", help="score OOF on the stored one-view probabilities instead "
+                   "of predicting the validation tiles again with the test prediction's h-flip TTA")
+    p.add_argument("--no-test-context", action="store_true",
+                   help="the rules read only OOF tiles as neighbours, not the test tiles' predictions")
+    p.add_argument("--seam-max-cost", default=str(defaults.seam_max_cost),
+                   help="jigsaw seam check: vertical links costlier than this are not carried across (2 = off)")
     p.add_argument("--data", help="dataset folder (default: the members' data root)")
     p.add_argument("--out", help="submission path (default submissions/<study>.csv)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("swa", help="average each fold run's cycle snapshots (SWA, BatchNorm recalibrated) into one "
+                       "more registered snapshot of the run, scored out of fold like its cycles")
+    p.add_argument("--study", required=True)
+    p.add_argument("--runs", default="best", help="best (the fold runs of the study's best trial or cv run, default) "
+                   "| all (every fold run with 2+ cycle snapshots)")
+    p.add_argument("--top", type=int, default=None, help="average the N best cycles by val_map (default: every cycle)")
+    p.add_argument("--bn-batches", type=int, default=None, help="training batches that recompute the BatchNorm "
+                   "statistics (default: one pass over the fold's training tiles)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_swa)
 
     viz = sub.add_parser("viz", help="figures of predictions: mosaics, their evolution").add_subparsers(
         dest="viz_command", required=True)

@@ -55,13 +55,14 @@ def ensemble_model(study: str) -> str:
 
 
 def snapshot_logged_name(fold: int, cycle: int) -> str:
-    """The logged model of one cycle snapshot (run page "Logged models", model pages)."""
-    return f"fold{fold_label(fold)}-cycle{cycle}"
+    """The logged model of one cycle snapshot (run page "Logged models", model pages); ``fold<k>-swa`` for
+    :data:`SWA_CYCLE`."""
+    return f"fold{fold_label(fold)}-{SWA_LABEL if cycle == SWA_CYCLE else f'cycle{cycle}'}"
 
 
 def snapshot_model_key(cycle: int) -> str:
-    """How a fold run finds its cycle's logged model again (resume: logged once)."""
-    return f"cycle_{cycle}"
+    """How a fold run finds its cycle's logged model again (resume: logged once); ``swa`` for :data:`SWA_CYCLE`."""
+    return SWA_LABEL if cycle == SWA_CYCLE else f"cycle_{cycle}"
 
 
 ENSEMBLE_LOGGED_NAME = ENSEMBLE_MODEL_KEY = "ensemble"
@@ -120,6 +121,12 @@ class Tag:
     FULL_FIT_RUN = "salt.full_fit_run"  # a cv run: its full-data fit's run id
     MODEL_KEY = "salt.model_key"  # logged models: how a run finds its own model again ("cycle_<c>", "ensemble")
     MODEL_LOG_SECONDS = "salt.log_seconds"  # logged models: what logging it cost (save, upload, links)
+    # --- pseudo-labelling (`salt-exp pseudo`): a pseudo run's source, and the lineage of the runs trained on its labels
+    PSEUDO_ENSEMBLE = "salt.pseudo_ensemble"  # the ensemble version that made the labels: "salt-<study>-ensemble/v<N>"
+    PSEUDO_RUN = "salt.pseudo_run"  # fold and cv runs: the pseudo run whose labels artifact they trained on
+    PSEUDO_ROUND = "salt.pseudo_round"  # 1: labels from an ensemble of runs without pseudo-labels; +1 per round
+    PSEUDO_KEY = "salt.pseudo_key"  # pseudo runs: digest of source version, data, folds and confidence rules (reused)
+    # --- end of pseudo-labelling
     GIT_COMMIT = "mlflow.source.git.commit"  # a bare SHA
     GIT_DIRTY = "mlflow.source.git.dirty"  # "true" when tracked files had uncommitted changes
     GIT_BRANCH = "mlflow.source.git.branch"
@@ -133,6 +140,7 @@ class Role(StrEnum):
     TRIAL = "trial"
     CV = "cv"
     ENSEMBLE = "ensemble"
+    PSEUDO = "pseudo"  # `salt-exp pseudo`: the labels a round trains on (see the pseudo-labelling block at the end)
 
 
 class RunStatus(StrEnum):
@@ -239,13 +247,15 @@ ENSEMBLE_MEMBERS = "ensemble/members.json"
 ENSEMBLE_OOF = "ensemble/oof.npz"
 ENSEMBLE_OOF_TABLE = "oof_coverage_bins.json"
 ENSEMBLE_PP_TABLE = "postprocess_gains.json"
+ENSEMBLE_WATERFALL_TABLE = "waterfall.json"  # each step's OOF score and gain (salt_exp.ensemble.waterfall), run root
+ENSEMBLE_WATERFALL_PNG = "ensemble/waterfall.png"
 CV_OOF_TABLE = ENSEMBLE_OOF_TABLE  # a cv run's OOF breakdown by coverage bin, in the ensemble's table format
 VIZ_DIR = "viz"
 REPORT_DIR = "report"
 
 
 def snapshot_dir(cycle: int) -> str:
-    return f"snapshots/cycle_{cycle}"
+    return f"snapshots/{SWA_LABEL}" if cycle == SWA_CYCLE else f"snapshots/cycle_{cycle}"
 
 
 def snapshot_oof(cycle: int) -> str:
@@ -403,6 +413,11 @@ class SnapshotVersion:
     def full_fit(self) -> bool:
         return self.fold == FULL_FIT
 
+    @property
+    def swa(self) -> bool:
+        """An average of its run's cycle snapshots (``salt-exp swa``), not one cycle's best epoch."""
+        return self.cycle == SWA_CYCLE
+
     def to_tags(self) -> dict[str, str]:
         return {"study": self.study, "trial": self.trial, "fold": fold_label(self.fold), "encoder": self.encoder,
                 "run_id": self.run_id, "cycle": str(self.cycle), "epoch": str(self.epoch),
@@ -431,6 +446,33 @@ class SnapshotVersion:
 def best_snapshot(versions: Sequence[SnapshotVersion]) -> SnapshotVersion:
     """The best of one run's snapshots: highest ``val_map``, ties keep the earlier cycle."""
     return max(versions, key=lambda v: (v.val_map, -v.cycle))
+
+
+# ---------------------------------------------------------------- SWA snapshots (``salt-exp swa``)
+# An SWA snapshot averages the weights of one fold run's cycle snapshots, its BatchNorm statistics recomputed on
+# the fold's training tiles. It is logged into that same fold run like a cycle (OOF and coverage-bin table under
+# ``snapshots/swa/``, weights in the logged model ``fold<k>-swa`` with model key ``swa``) and registered as a
+# version of ``salt-<study>`` with the usual snapshot tags, ``cycle`` = SWA_CYCLE, plus SWA_CYCLES_TAG, so the
+# ensemble selects it by ``val_map`` like any cycle (``SnapshotVersion.swa`` tells it apart).
+
+SWA_CYCLE = -1  # the ``cycle`` of an SWA version (cycles are 0-based otherwise)
+SWA_LABEL = "swa"  # how SWA_CYCLE is written: its folder, its logged model's name and key, messages
+SWA_CYCLES_TAG = "swa_cycles"  # version tag: the cycles averaged, comma-separated
+SWA_WEIGHTS_FILE = "swa.pt"  # the checkpoint inside the logged model (the cycles': cycle<c>_epoch<e>.pt)
+
+
+class SWAMetric:
+    """Fold-run metrics of its SWA snapshot (step 0, linked to its logged model)."""
+
+    VAL_MAP = "swa_val_map"
+    VAL_MAP_BEST_THR = "swa_val_map_best_thr"
+    VAL_BEST_THR = "swa_val_best_thr"
+    CYCLES = "swa_cycles"  # how many cycle snapshots were averaged
+
+
+def cycle_label(cycle: int) -> str:
+    """A snapshot's cycle as messages and figures write it: ``cycle 2``, or ``swa``."""
+    return SWA_LABEL if cycle == SWA_CYCLE else f"cycle {cycle}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -506,3 +548,83 @@ def table_json(columns: Mapping[str, list[Any]]) -> dict[str, Any]:
     names = list(columns)
     rows = [list(r) for r in zip(*(columns[n] for n in names), strict=True)]
     return {"columns": names, "data": rows}
+
+
+# ---------------------------------------------------------------- pseudo-labelling (`salt-exp pseudo`)
+# A pseudo run (``salt.role=pseudo`` in ``salt/<study of the round>``) labels the data's test tiles from one ensemble
+# version and logs them as PSEUDO_LABELS; the round's fold runs read them through their config's ``pseudo.labels``
+# (:func:`pseudo_labels_uri`) and carry ``Tag.PSEUDO_RUN`` / ``PSEUDO_ENSEMBLE`` / ``PSEUDO_ROUND``. Fold k's labels
+# are made by fold k's members alone, with fold k's validation tiles hidden from the mosaic rules, so no fold's
+# labels depend on its validation truth; the ``all`` entry (a full-data fit's) is the whole ensemble's.
+
+PSEUDO_LABELS = "pseudo/labels.npz"
+PSEUDO_COUNTS = "pseudo/counts.json"  # a table: per fold, tiles kept empty / non-empty, dropped, the threshold
+_RUNS_SCHEME = "runs:/"
+
+
+def pseudo_labels_uri(run_id: str) -> str:
+    """What ``pseudo.labels`` holds: a pseudo run's labels artifact."""
+    return f"{_RUNS_SCHEME}{run_id}/{PSEUDO_LABELS}"
+
+
+def parse_pseudo_labels(text: str) -> tuple[str, str]:
+    """(run id, artifact path) of a ``pseudo.labels`` value: ``runs:/<run_id>/<path>`` or a bare run id (its
+    :data:`PSEUDO_LABELS`); ValueError naming the expected forms otherwise."""
+    if text.startswith(_RUNS_SCHEME):
+        run_id, _, path = text[len(_RUNS_SCHEME):].partition("/")
+    else:
+        run_id, path = text, PSEUDO_LABELS
+    if not run_id or not path or not all(c.isalnum() or c in "-_" for c in run_id):
+        raise ValueError(f"expected runs:/<run_id>/{PSEUDO_LABELS} or a run id, got {text!r}")
+    return run_id, path
+
+
+@dataclass(frozen=True, kw_only=True)
+class FoldPseudoLabels:
+    """The pseudo-labels one fold trains on: the test tiles the confidence rules kept, and their masks."""
+
+    fold: int  # FULL_FIT: the labels of a full-data fit (made by the whole ensemble)
+    ids: np.ndarray  # (n,) str test tile ids
+    masks: np.ndarray  # (n, 101, 101) uint8 0/1: the post-processed ensemble masks (kept-empty tiles all 0)
+    threshold: float  # what the probabilities were thresholded at
+    kept_empty: int
+    kept_nonempty: int
+    dropped: int
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"kept_empty": self.kept_empty, "kept_nonempty": self.kept_nonempty, "dropped": self.dropped}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PseudoLabels:
+    """``pseudo/labels.npz``: per fold its labels, and where they came from (``source``: ensemble, ensemble_run,
+    round, pseudo_run, rules, the confidence settings), so a run trained on them can name its lineage."""
+
+    folds: dict[int, FoldPseudoLabels]
+    source: dict[str, str]
+
+
+def write_pseudo_labels(path: Path, labels: PseudoLabels) -> Path:
+    arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(labels.source, sort_keys=True)),
+                                     "folds": np.array([fold_label(f) for f in labels.folds], dtype=str)}
+    for fold, fl in labels.folds.items():
+        key = fold_label(fold)
+        arrays[f"{key}_ids"] = np.asarray(fl.ids, dtype=str)
+        arrays[f"{key}_masks"] = np.packbits(np.asarray(fl.masks, dtype=bool), axis=-1)  # bit-packed rows
+        arrays[f"{key}_counts"] = np.array([fl.kept_empty, fl.kept_nonempty, fl.dropped], dtype=np.int64)
+        arrays[f"{key}_threshold"] = np.array(fl.threshold, dtype=np.float64)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def read_pseudo_labels(path: Path) -> PseudoLabels:
+    with np.load(path, allow_pickle=False) as z:
+        folds = {}
+        for key in z["folds"].astype(str).tolist():
+            counts = z[f"{key}_counts"].tolist()
+            masks = np.unpackbits(z[f"{key}_masks"], axis=-1, count=101).astype(np.uint8)
+            folds[parse_fold(key)] = FoldPseudoLabels(
+                fold=parse_fold(key), ids=z[f"{key}_ids"].astype(str), masks=masks.reshape(-1, 101, 101),
+                threshold=float(z[f"{key}_threshold"]), kept_empty=counts[0], kept_nonempty=counts[1], dropped=counts[2])
+        return PseudoLabels(folds=folds, source=json.loads(str(z["meta"])))

@@ -106,8 +106,9 @@ def _fold(cfg: ExperimentConfig, fold: int, *, study: str, parent_id: str) -> Fo
 
 
 def best_snapshots(study: str, runs: dict[int, str]) -> dict[int, SnapshotVersion]:
-    """Per fold, the registered snapshot of its run with the best val_map (ties keep the earlier cycle)."""
-    versions = snapshot_versions(C.snapshot_model(study))
+    """Per fold, the registered cycle snapshot of its run with the best val_map (ties keep the earlier cycle); an
+    SWA snapshot added later (``salt-exp swa``) is left out, so the cv's figures stay those of its training."""
+    versions = [v for v in snapshot_versions(C.snapshot_model(study)) if not v.swa]
     best = {}
     for fold, run_id in runs.items():
         mine = [v for v in versions if v.run_id == run_id]

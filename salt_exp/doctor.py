@@ -98,7 +98,7 @@ def store_findings(name: str) -> list[Finding]:
             out.append(Finding(name, f"fold run {run.run_id} FINISHED but holds no artifacts (artifact root moved or "
                                      "deleted?)"))
     for v in snapshot_versions(C.snapshot_model(name)):
-        out += _source_findings(name, f"{v.key} (run {v.run_id}, cycle {v.cycle})",
+        out += _source_findings(name, f"{v.key} (run {v.run_id}, {C.cycle_label(v.cycle)})",
                                 client().get_model_version(v.model, v.version).source, v.model_id)
     for e in ensemble_versions(C.ensemble_model(name)):
         rv = client().get_model_version(e.model, e.version)

@@ -101,7 +101,7 @@ def fold_facts(cfg: ExperimentConfig, study: str, fold_runs: dict[int, str],
         facts.append(FoldFacts(fold=fold, train_tiles=n_train, epoch_batches=float(batches), cycles=cycles,
                                cycle_epochs=cycle_epochs, lr=suggestion, threshold=snap.val_best_thr,
                                best_epoch_in_cycle=max(snap.epoch, 0) % cycle_epochs,
-                               cycle_maps={v.cycle: v.val_map for v in versions if v.run_id == run_id}))
+                               cycle_maps={v.cycle: v.val_map for v in versions if v.run_id == run_id and not v.swa}))
     return facts
 
 

@@ -44,7 +44,7 @@ def test_two_fold_ensemble_end_to_end(synth_dir, mlflow_store, tmp_path, capsys)
     for fold in (0, 1):
         assert run_fold(tiny_cfg(synth_dir, *FAST), fold, study="ens").result.status == "FINISHED"
     out = tmp_path / "sub.csv"
-    assert main(["ensemble", "--study", "ens", "--top-cycles", "2", "--out", str(out)]) == 0
+    assert main(["ensemble", "--study", "ens", "--top-cycles", "2", "--selection", "top", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "OOF mAP" in printed and "submission:" in printed
     # a valid Kaggle submission for every test id, scorable against the synthetic solution
@@ -60,25 +60,51 @@ def test_two_fold_ensemble_end_to_end(synth_dir, mlflow_store, tmp_path, capsys)
     for key in ("oof_map", "oof_best_single", "fold0_threshold", "fold1_threshold", "oof_err_share_empty",
                 "pp_gain_cap", "pp_gain_vertical", "pp_gain_sandwich", "pp_gain_blank"):
         assert key in ens.data.metrics, key
-    # the OOF score is recomputed from the stored member probabilities, by hand
+    # the waterfall's "snapshots" step is recomputed from the stored (one-view) member probabilities, by hand;
+    # the OOF the ensemble chooses on is the members' h-flip TTA view (the test prediction's), its "tta" step
     members = json.loads(c.get_model_version_by_alias("salt-ens-ensemble", "champion").tags["members"])
     assert len(members) == 4  # 2 folds x top 2 cycles
     import mlflow
 
     from salt_exp.data.kaggle import load_kaggle
+    from salt_exp.ensemble.predict import member_predictor
+    from salt_exp.ensemble.select import registered_members
 
     train = load_kaggle(synth_dir).train
-    fold_scores = []
+    fold_scores, tta_scores, single_scores = [], [], []
+    snapshots = registered_members("salt-ens")
     for fold in (0, 1):
         vs = [v for v in c.search_model_versions("name='salt-ens'") if v.tags["fold"] == str(fold)]
         probs = [np.load(mlflow.artifacts.download_artifacts(run_id=v.run_id, artifact_path=v.tags["oof"],
                                                              dst_path=str(tmp_path / str(v.version)))) for v in vs]
         mean = np.mean([p["probs"].astype(np.float32) for p in probs], axis=0)
-        truth = train.masks[train.position(probs[0]["ids"])]
+        pos = train.position(probs[0]["ids"])
+        truth = train.masks[pos]
         thr, _, _ = threshold_search(mean, truth, np.round(np.arange(0.2, 0.801, 0.01), 2))
-        assert ens.data.metrics[f"fold{fold}_threshold"] == pytest.approx(thr)
         fold_scores.append(image_scores(mean > thr, truth))
-    assert ens.data.metrics["oof_map"] == pytest.approx(np.concatenate(fold_scores).mean())
+        best = max(vs, key=lambda v: (float(v.tags["val_map"]), -int(v.version)))
+        single = np.load(mlflow.artifacts.download_artifacts(run_id=best.run_id, artifact_path=best.tags["oof"],
+                                                             dst_path=str(tmp_path / "best" / str(best.version))))
+        single_scores.append(image_scores(single["probs"].astype(np.float32) > 0.5, truth))
+        tta = np.mean([member_predictor(m, tmp_path / "cache").probs(train.images[pos], train.depths[pos])
+                       .astype(np.float16).astype(np.float32) for m in snapshots if m.fold == fold], axis=0)
+        t_thr, _, _ = threshold_search(tta, truth, np.round(np.arange(0.2, 0.801, 0.01), 2))
+        assert ens.data.metrics[f"fold{fold}_threshold"] == pytest.approx(t_thr)
+        tta_scores.append(image_scores(tta > t_thr, truth))
+    m = ens.data.metrics
+    assert m["wf_snapshots"] == pytest.approx(np.concatenate(fold_scores).mean())
+    assert m["wf_single"] == pytest.approx(np.concatenate(single_scores).mean())
+    assert m["oof_map"] == pytest.approx(np.concatenate(tta_scores).mean()) == pytest.approx(m["wf_tta"])
+    assert m["wf_total_gain"] == pytest.approx(m["oof_map_postprocessed"] - m["wf_single"])
+    table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=ens.info.run_id, artifact_path="waterfall.json",
+                                                                dst_path=str(tmp_path / "wf"))).read_text())
+    steps = [dict(zip(table["columns"], r, strict=True)) for r in table["data"]]
+    assert [s["step"] for s in steps][:5] == ["single", "threshold", "snapshots", "tta", "folds"]
+    chained = [s for s in steps if s["score"] is not None]
+    assert chained[-1]["score"] == pytest.approx(m["oof_map_postprocessed"])
+    assert sum(s["gain"] for s in chained[1:]) == pytest.approx(m["wf_total_gain"])
+    assert "waterfall (out of fold" in printed and "ensemble/waterfall.png" in {
+        f.path for f in c.list_artifacts(ens.info.run_id, "ensemble")}
 
     # visual analysis (issue 7): mosaic PNG, evolution GIF and the report, all logged into the ensemble run
     _check_visuals(c, ens.info.run_id, tmp_path, capsys)
@@ -101,7 +127,7 @@ def _check_visuals(c: MlflowClient, run_id: str, tmp_path, capsys) -> None:
     gifs = [p for p in logged if p.startswith("viz/evolution_mosaic_") and p.endswith(".gif")]
     assert len(mosaics) == 1 and len(gifs) == 1, logged
     assert {f"report/{n}" for n in ("report.html", "coverage.png", "depth.png", "mask_types.png", "threshold.png",
-                                    "worst_tiles.png")} <= logged
+                                    "worst_tiles.png", "waterfall.png")} <= logged
     get = lambda p: Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=p,  # noqa: E731
                                                              dst_path=str(tmp_path / "dl")))
     # the GIF holds exactly the improving frames its JSON lists, each better than the one before
@@ -120,7 +146,7 @@ def _check_visuals(c: MlflowClient, run_id: str, tmp_path, capsys) -> None:
     for section in SECTIONS:
         assert f'<section id="{section}">' in dom, section
     n_imgs = dom.count("<img ")
-    assert n_imgs == 6 and f'data-images-ok="{n_imgs}/{n_imgs}"' in dom
+    assert n_imgs == 7 and f'data-images-ok="{n_imgs}/{n_imgs}"' in dom  # the waterfall chart among them
     # one threshold curve per fold; each, at the fold's own threshold, is that fold's logged ensemble score
     # (the stored float16 probabilities may move a pixel across the threshold: one tile at most, here exact)
     from salt_exp.viz.commands import report_command

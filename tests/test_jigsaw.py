@@ -79,3 +79,22 @@ def test_real_train_tiles_match_the_public_reconstruction() -> None:
     pred = solve_jigsaw(data.train.ids, data.train.images)
     got = pair_precision(pred, data.mosaics, data.train.ids)
     assert got["precision"] >= 0.95 and got["recall"] >= 0.8, got
+
+
+def test_seam_check_flags_links_whose_edges_do_not_continue() -> None:
+    from salt_exp.ensemble.jigsaw import seam_costs, untrusted_seams
+    from salt_exp.ensemble.mosaic import MosaicIndex
+
+    ids, images, truth = cut_field(3, 3, seed=3)
+    tiles = dict(zip(ids, images, strict=True))
+    index = MosaicIndex.from_frame(truth)
+    costs = seam_costs(index, tiles)
+    assert len(costs) == 6 and max(costs.values()) < 0.2  # every true vertical link continues
+    assert untrusted_seams(index, tiles, 0.5) == set()
+    # invert two tiles of the middle row (their edges anti-correlate with the rows around): those links break
+    tiles["t10"], tiles["t11"] = 255 - tiles["t10"], 255 - tiles["t11"]
+    cut = untrusted_seams(index, tiles, 0.5)
+    assert cut == {("t00", "t10"), ("t10", "t20"), ("t01", "t11"), ("t11", "t21")}
+    # a flat edge has no evidence either way: trusted
+    tiles["t12"] = np.full((101, 101), 9, np.uint8)
+    assert np.isnan(seam_costs(index, tiles)[("t02", "t12")]) and ("t02", "t12") not in untrusted_seams(index, tiles, 0.5)

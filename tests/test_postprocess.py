@@ -139,3 +139,86 @@ def test_measure_rules_gains_match_direct_scores() -> None:
     # vertical: c fixed (+1); e (from a) and f (from d) filled with wrong lines (-1 each): a rule that hurts
     assert gains["vertical"] == (pytest.approx(-1 / 6), 3)
     assert gains["cap"] == (pytest.approx(1 / 6), 1)  # d emptied
+
+
+def test_neighbour_tiles_are_read_but_never_returned() -> None:
+    """A test tile's prediction above an OOF tile: with it as context the vertical rule reaches the OOF tile
+    below; without it the column is broken at the unknown tile; the context tile itself is not returned."""
+    from salt_exp.ensemble.postprocess import Neighbours
+
+    index = MosaicIndex.from_frame(pd.DataFrame(grid([["src"], ["test"], ["oof"]]), columns=["id", "x", "y", "mosaic_id"]))
+    ids, pred = ["src", "oof"], np.stack([cols(0, 40), EMPTY])
+    alone = apply_rules(pred, ids, None, index, rules=["vertical"])
+    np.testing.assert_array_equal(alone[1], EMPTY)  # "test" is unknown: nothing carries across it
+    context = Neighbours(["test"], np.stack([EMPTY]))
+    out = apply_rules(pred, ids, None, index, rules=["vertical"], context=context)
+    assert out.shape == pred.shape  # only the caller's tiles come back
+    np.testing.assert_array_equal(out[1], cols(0, 40))
+    np.testing.assert_array_equal(out[0], cols(0, 40))
+    # a caller's tile wins over a context tile of the same id (its own prediction, not the context's)
+    same = apply_rules(pred, ids, None, index, rules=["vertical"],
+                       context=Neighbours(["test", "oof"], np.stack([EMPTY, rows(0, N)])))
+    np.testing.assert_array_equal(same[1], cols(0, 40))
+    # a context tile's own vertical boundary is a source too (test tiles drive OOF tiles below them)
+    src = apply_rules(np.stack([EMPTY]), ["oof"], None, index, rules=["vertical"],
+                      context=Neighbours(["test"], np.stack([cols(10, 20)])))
+    np.testing.assert_array_equal(src[0], cols(10, 20))
+    with pytest.raises(SaltError, match="2 ids but 1 masks"):
+        Neighbours(["a", "b"], np.stack([EMPTY]))
+
+
+def test_measure_rules_scores_only_the_callers_tiles_with_context() -> None:
+    from salt_exp.ensemble.postprocess import Neighbours
+
+    index = MosaicIndex.from_frame(pd.DataFrame(grid([["test"], ["oof"]]), columns=["id", "x", "y", "mosaic_id"]))
+    context = Neighbours(["test"], np.stack([cols(0, 30)]))
+    rows_ = measure_rules(np.stack([EMPTY]), np.stack([cols(0, 30)]), ["oof"], None, index=index, rules=["vertical"],
+                          context=context)
+    assert rows_[0]["score_before"] == 0.0 and rows_[0]["score_after"] == 1.0 and rows_[0]["tiles_changed"] == 1
+
+
+def test_broken_seams_cut_columns_and_sandwiches() -> None:
+    index, ids, pred = setup([["a"], ["b"], ["c"]], {"a": cols(0, 40), "b": EMPTY, "c": EMPTY})
+    out = apply_rules(pred, ids, None, index, rules=["vertical"], broken={("b", "c")})
+    np.testing.assert_array_equal(out[1], cols(0, 40))  # a -> b still linked
+    np.testing.assert_array_equal(out[2], EMPTY)  # the cut seam stops the carry
+    out = apply_rules(pred, ids, None, index, rules=["vertical"], broken={("a", "b")})
+    np.testing.assert_array_equal(out[1], EMPTY)
+    np.testing.assert_array_equal(out[2], EMPTY)
+    # a sandwich needs both of its links
+    index, ids, pred = setup([["up"], ["mid"], ["down"]], {"up": cols(0, 50), "mid": EMPTY, "down": cols(0, 50)})
+    np.testing.assert_array_equal(apply_rules(pred, ids, None, index, rules=["sandwich"])[1], cols(0, 50))
+    cut = apply_rules(pred, ids, None, index, rules=["sandwich"], broken={("mid", "down")})
+    np.testing.assert_array_equal(cut[1], EMPTY)
+
+
+def test_oof_rules_see_what_a_test_tile_sees_and_never_a_folds_own_truth() -> None:
+    """Per fold: labelled tiles outside the fold as truth, the fold's own tiles as predictions, test tiles as
+    predictions; so a rule changes exactly the tiles whose column passes such a neighbour."""
+    from types import SimpleNamespace
+
+    from salt_exp.ensemble.build import OOFRules
+    from salt_exp.ensemble.postprocess import Neighbours
+
+    layout = [["T", "L", "X"], ["o1", "o2", "y"]]
+    index = MosaicIndex.from_frame(pd.DataFrame(grid(layout), columns=["id", "x", "y", "mosaic_id"]))
+    truth = {"L": cols(10, 20), "o1": cols(0, 40), "o2": cols(10, 20), "X": cols(30, 60), "y": cols(30, 60)}
+    fold = {"L": 1, "o1": 0, "o2": 0, "X": 0, "y": 0}
+    ids = ["o1", "o2", "X", "y", "L"]
+    pred = np.stack([EMPTY, EMPTY, EMPTY, EMPTY, cols(10, 20)])
+    images = np.stack([np.tile(np.arange(N, dtype=np.uint8), (N, 1))] * len(ids))
+    train = SimpleNamespace(ids=np.array(ids), masks=np.stack([truth[i] for i in ids]), images=images)
+    test = Neighbours(["T"], np.stack([cols(0, 40)]))
+    rules = OOFRules.build(ids, images, np.array([fold[i] for i in ids]), index, train, test, ())
+    out = dict(zip(ids, rules.apply(pred, ["vertical"]), strict=True))
+    np.testing.assert_array_equal(out["o1"], cols(0, 40))  # from the test tile's prediction above it
+    np.testing.assert_array_equal(out["o2"], cols(10, 20))  # from L's truth: L is outside fold 0
+    np.testing.assert_array_equal(out["y"], EMPTY)  # X is fold 0 too: its prediction (empty), never its truth
+    np.testing.assert_array_equal(out["L"], cols(10, 20))
+    no_test = dict(zip(ids, rules.apply(pred, ["vertical"], test=False), strict=True))
+    np.testing.assert_array_equal(no_test["o1"], EMPTY)  # without the test tile the column starts at o1
+    np.testing.assert_array_equal(no_test["o2"], cols(10, 20))
+    gains = {g["rule"]: g for g in rules.gains(pred, train.masks, ["vertical"])}
+    assert gains["vertical"]["tiles_changed"] == 2 and gains["vertical"]["gain"] > 0
+    cut = OOFRules.build(ids, images, np.array([fold[i] for i in ids]), index, train, test, {("T", "o1")})
+    np.testing.assert_array_equal(cut.apply(pred, ["vertical"])[0], EMPTY)  # the seam check cut T -> o1

@@ -60,7 +60,7 @@ def champion(synth_dir, tmp_path_factory):
         for fold in (0, 1):
             assert run_fold(tiny_cfg(synth_dir, *FAST), fold, study="srv").result.status == "FINISHED"
         out = root / "submissions" / "srv.csv"
-        assert main(["ensemble", "--study", "srv", "--top-cycles", "2", "--postprocess", RULES, "--out", str(out)]) == 0
+        assert main(["ensemble", "--study", "srv", "--top-cycles", "2", "--selection", "top", "--postprocess", RULES, "--out", str(out)]) == 0
         c = MlflowClient(uri)
         run = c.get_model_version_by_alias("salt-srv-ensemble", "champion").run_id
         yield Champion(root, uri, synth_dir, out, run)

@@ -54,8 +54,8 @@ def test_scientific_notation_in_set_space_and_enqueue_is_a_float(tmp_path):
         ("", "space:\n  model.encoder: {type: categorical, choice: [a]}\n",
          "unknown key 'space.model.encoder.choice'; valid keys in 'space.model.encoder': type, choices"),
         ("ensemble: {top_cycle: 1}\n", SPACE,
-         "unknown key 'ensemble.top_cycle'; valid keys in 'ensemble': top_cycles, threshold, postprocess, report, "
-         "full_fit"),
+         "unknown key 'ensemble.top_cycle'; valid keys in 'ensemble': top_cycles, selection, threshold, postprocess, "
+         "report, full_fit, swa, oof_tta, test_context, seam_max_cost"),
         ("n_trials: ten\n", SPACE, "'n_trials' expects int, got 'ten'"),
         ("timeout: soon\n", SPACE, "'timeout' expects float or null, got 'soon'"),
         ("pruner: {type: median, n_warmup_steps: -1}\n", SPACE, "'pruner.n_warmup_steps' must be >= 0, got -1"),
@@ -111,8 +111,14 @@ def test_ensemble_options_defaults_and_validation():
         ensemble_options({"top_cycles": 0}, "cli")
     with pytest.raises(SaltError, match=r"^f: 'ensemble.report' expects bool, got 'yes'$"):
         ensemble_options({"report": "yes"}, "f", "ensemble.")
-    with pytest.raises(SaltError, match=r"^f: unknown key 'top_k'; valid keys at top level: top_cycles, threshold"):
+    with pytest.raises(SaltError, match=r"^f: unknown key 'top_k'; valid keys at top level: top_cycles, selection, "):
         ensemble_options({"top_k": 2}, "f")
+    assert (opts.selection, opts.swa, opts.oof_tta, opts.test_context, opts.seam_max_cost) == (
+        "greedy", "include", True, True, 0.5)
+    with pytest.raises(SaltError, match=r"^f: 'ensemble.seam_max_cost' must be >= 0.0 and <= 2.0, got 3.0$"):
+        ensemble_options({"seam_max_cost": 3}, "f", "ensemble.")
+    with pytest.raises(SaltError, match=r"^f: 'ensemble.selection' expects one of 'greedy', 'top', got 'best'"):
+        ensemble_options({"selection": "best"}, "f", "ensemble.")
 
 
 def test_gpu_assignment_is_round_robin_over_the_given_or_visible_gpus(monkeypatch):

@@ -26,6 +26,7 @@ from salt_exp.config.schema import (
     OptimName,
     PaddingConfig,
     PaddingMode,
+    PseudoConfig,
     ScheduleConfig,
     TrainConfig,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "OptimName",
     "PaddingConfig",
     "PaddingMode",
+    "PseudoConfig",
     "ScheduleConfig",
     "TrainConfig",
     "apply_overrides",

@@ -94,6 +94,9 @@ _HASH_OMIT = (
     ("loss", "late_terms", lambda sec: not sec["late_terms"]),
     ("loss", "late_from_cycle", lambda sec: not sec.get("late_terms")),
 )
+# Sections added later, left out of the hash while they change nothing: (section, when-inert test). Without
+# pseudo-labels the pseudo section's confidence rules are unused; with them, the labels URI names one label set.
+_HASH_OMIT_SECTIONS = (("pseudo", lambda sec: not sec.get("labels")),)
 
 
 def config_hash(cfg: ExperimentConfig, length: int = 12) -> str:
@@ -104,5 +107,8 @@ def config_hash(cfg: ExperimentConfig, length: int = 12) -> str:
         sec = payload.get(section, {})
         if key in sec and as_before(sec):
             del sec[key]
+    for section, inert in _HASH_OMIT_SECTIONS:
+        if section in payload and inert(payload[section]):
+            del payload[section]
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]

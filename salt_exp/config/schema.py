@@ -140,6 +140,25 @@ class TrainConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PseudoConfig:
+    """Pseudo-labelled test tiles beside the training tiles (``salt-exp pseudo`` sets ``labels``).
+
+    Confidence rules, applied to an ensemble's test probabilities and its post-processed masks: a tile is kept
+    *empty* when its highest probability is below ``empty_max_prob`` and the rules left it empty; *non-empty* when
+    its mask is non-empty and at least ``min_confident_pixels`` of its pixels are below ``pixel_low`` or above
+    ``pixel_high``; every other tile is dropped. ``share``: the probability that a training sample is drawn from
+    the fold's pseudo-labelled tiles instead of its training tiles (an epoch keeps its number of batches).
+    """
+
+    labels: str = ""  # runs:/<run_id>/pseudo/labels.npz (a pseudo run's artifact) or that run's id; "": none
+    share: float = _prob(0.5)
+    empty_max_prob: float = _prob(0.2)
+    pixel_low: float = _prob(0.1)
+    pixel_high: float = _prob(0.9)
+    min_confident_pixels: float = _prob(0.97)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
     """One experiment. Config files may also hold ``extends:`` (read by :func:`salt_exp.config.load_config`)."""
 
@@ -156,6 +175,7 @@ class ExperimentConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
 
 
 def check_consistency(cfg: ExperimentConfig, where: str) -> None:
@@ -182,3 +202,16 @@ def check_consistency(cfg: ExperimentConfig, where: str) -> None:
     low, high = cfg.augment.gamma_limit
     if low > high:
         raise SaltError(f"{where}: augment.gamma_limit must be [low, high] with low <= high, got {[low, high]}")
+    _check_pseudo(cfg.pseudo, where)
+
+
+def _check_pseudo(p: PseudoConfig, where: str) -> None:
+    if p.pixel_low >= p.pixel_high:
+        raise SaltError(f"{where}: pseudo.pixel_low ({p.pixel_low}) must be < pseudo.pixel_high ({p.pixel_high})")
+    if p.labels:
+        from salt_exp.contract import parse_pseudo_labels  # the labels URI's form is the contract's
+
+        try:
+            parse_pseudo_labels(p.labels)
+        except ValueError as exc:
+            raise SaltError(f"{where}: pseudo.labels: {exc}") from None

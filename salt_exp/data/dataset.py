@@ -96,6 +96,40 @@ class TileDataset(Dataset):
             reseed(seed)
 
 
+class MixedSampler(torch.utils.data.Sampler[int]):
+    """Indices into a dataset of ``n_first`` tiles followed by ``n_second`` others (a fold's training tiles, then
+    its pseudo-labelled ones): each of the ``n_first`` draws of a pass comes from the second block with probability
+    ``share``, else from the first (pseudo-labelling's mixed mini-batches, 4th place TGS), so an epoch keeps its
+    length. First-block draws walk one permutation (no tile twice in a pass, like ``shuffle=True``), second-block
+    draws walk permutations of that block, repeated as needed. A pass is a function of ``seed`` alone."""
+
+    def __init__(self, n_first: int, n_second: int, share: float, *, seed: int) -> None:
+        if n_first < 1 or n_second < 0 or not 0.0 <= share <= 1.0:
+            raise ValueError(f"MixedSampler needs n_first >= 1, n_second >= 0, share in [0, 1]; got {n_first}, "
+                             f"{n_second}, {share}")
+        self.n_first, self.n_second, self.seed = n_first, n_second, seed
+        self.share = share if n_second else 0.0
+
+    def __len__(self) -> int:
+        return self.n_first
+
+    def indices(self) -> np.ndarray:
+        """(n_first,) int64: the pass's draws in order (indices >= n_first are second-block tiles)."""
+        g = torch.Generator().manual_seed(self.seed)
+        second = (torch.rand(self.n_first, generator=g) < self.share).numpy()
+        k = int(second.sum())
+        order = np.empty(self.n_first, dtype=np.int64)
+        order[~second] = torch.randperm(self.n_first, generator=g)[: self.n_first - k].numpy()
+        if k:
+            rounds = -(-k // self.n_second)  # whole permutations of the second block, enough for k draws
+            perms = torch.cat([torch.randperm(self.n_second, generator=g) for _ in range(rounds)])
+            order[second] = perms[:k].numpy() + self.n_first
+        return order
+
+    def __iter__(self):
+        return iter(self.indices().tolist())
+
+
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: distinct, reproducible seeds per worker and per epoch.
 
@@ -122,18 +156,21 @@ def make_loader(
     seed: int,
     drop_last: bool = False,
     pin_memory: bool = False,
+    sampler: torch.utils.data.Sampler | None = None,
 ) -> DataLoader:
     """A DataLoader whose order and worker seeds come from ``torch.Generator().manual_seed(seed)``.
 
     Workers are not persistent, so each epoch draws fresh worker seeds from the generator:
-    augmentations differ between epochs yet the whole run replays from ``seed``.
+    augmentations differ between epochs yet the whole run replays from ``seed``. ``sampler`` (then
+    ``shuffle`` is ignored) sets the order instead; it seeds itself (e.g. :class:`MixedSampler`).
     """
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
         num_workers=workers,
         drop_last=drop_last,
         pin_memory=pin_memory,

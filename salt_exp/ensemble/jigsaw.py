@@ -205,3 +205,28 @@ def pair_precision(pred_df: pd.DataFrame, true_df: pd.DataFrame, ids: Sequence[s
         "n_correct": hits,
         "n_unjudged": len(pred) - len(judged),
     }
+
+
+def seam_costs(index, images: dict[str, np.ndarray], cfg: JigsawConfig = JigsawConfig()) -> dict[tuple[str, str], float]:
+    """The jigsaw cost (``1 - correlation`` of the two seam estimates, as :func:`match_edges` scores a pair) of
+    every vertical link (above, below) of ``index`` (a :class:`~salt_exp.ensemble.mosaic.MosaicIndex`) whose two
+    images are in ``images``; NaN where either edge is too flat to judge (a blank or near-constant edge)."""
+    pairs = [(a, b) for (m, x, y), a in index.tile_at.items()
+             if (b := index.tile_at.get((m, x, y + 1))) is not None and a in images and b in images]
+    if not pairs:
+        return {}
+    top = np.stack([images[a] for a, _ in pairs]).astype(np.float32)
+    bottom = np.stack([images[b] for _, b in pairs]).astype(np.float32)
+    u = _zscore(1.5 * top[:, -1] - 0.5 * top[:, -2])
+    v = _zscore(1.5 * bottom[:, 0] - 0.5 * bottom[:, 1])
+    cost = 1.0 - np.sum(u * v, axis=1)
+    flat = (top[:, -1].std(axis=1) < cfg.min_edge_std) | (bottom[:, 0].std(axis=1) < cfg.min_edge_std)
+    cost[flat] = np.nan
+    return {p: float(c) for p, c in zip(pairs, cost, strict=True)}
+
+
+def untrusted_seams(index, images: dict[str, np.ndarray], max_cost: float) -> set[tuple[str, str]]:
+    """The jigsaw check of a mosaic table: vertical links whose image edges do not continue (cost above
+    ``max_cost``), which the post-processing rules then do not carry masks across. Links with a flat edge (no
+    evidence either way) and links whose images are unknown are trusted."""
+    return {p for p, c in seam_costs(index, images).items() if c > max_cost}

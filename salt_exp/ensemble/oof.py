@@ -1,8 +1,14 @@
-"""Out-of-fold evaluation of an ensemble from the probabilities each run stored (never recomputed)."""
+"""Out-of-fold evaluation of an ensemble from the probabilities each run stored, or (``oof_tta``) from its
+members' predictions of their validation tiles with the h-flip TTA the test prediction uses.
+
+A fold run scores its validation tiles without TTA (one view: cheaper per epoch); the test prediction
+averages the flipped view in. Thresholds and rules chosen on plain OOF probabilities are then applied to
+TTA probabilities; :class:`MemberOOF` gives both, so the ensemble can choose on what it deploys.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +48,44 @@ def load_member_oof(member: Member, cache: Path) -> tuple[np.ndarray, np.ndarray
     return read_snapshot_oof(fetch_artifact(member.run_id, member.oof, cache))
 
 
-def _pick_threshold(probs: np.ndarray, truth: np.ndarray, threshold: str | float) -> tuple[float, float]:
+Source = Callable[[Member], tuple[np.ndarray, np.ndarray]]  # member -> (validation ids, probs)
+
+
+class MemberOOF:
+    """Every member's out-of-fold probabilities, each read or predicted once: ``plain`` what its run stored,
+    ``tta`` its validation tiles predicted again with h-flip TTA (the test prediction's view)."""
+
+    def __init__(self, train: TileSet, cache: Path, device: str = "auto") -> None:
+        self.train, self.cache, self.device = train, cache, device
+        self._plain: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._tta: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def plain(self, member: Member) -> tuple[np.ndarray, np.ndarray]:
+        if member.key not in self._plain:
+            ids, probs = load_member_oof(member, self.cache)
+            self._plain[member.key] = ids, probs.astype(np.float32)
+        return self._plain[member.key]
+
+    def tta(self, member: Member) -> tuple[np.ndarray, np.ndarray]:
+        if member.key not in self._tta:
+            import time
+
+            from salt_exp.ensemble.predict import member_predictor
+
+            ids = self.plain(member)[0]
+            pos = self.train.position(ids)
+            t0 = time.perf_counter()
+            probs = member_predictor(member, self.cache, self.device).probs(self.train.images[pos], self.train.depths[pos])
+            self._tta[member.key] = ids, probs.astype(np.float16).astype(np.float32)  # stored precision, as plain
+            print(f"[ensemble] OOF with h-flip TTA: {member.key} (fold {member.fold}) predicted {len(ids)} validation "
+                  f"tiles ({time.perf_counter() - t0:.0f} s)", flush=True)
+        return self._tta[member.key]
+
+    def source(self, tta: bool) -> Source:
+        return self.tta if tta else self.plain
+
+
+def pick_threshold(probs: np.ndarray, truth: np.ndarray, threshold: str | float) -> tuple[float, float]:
     if threshold == "search":
         thr, score, _ = threshold_search(probs, truth, THRESHOLD_GRID)
         return thr, score
@@ -50,24 +93,26 @@ def _pick_threshold(probs: np.ndarray, truth: np.ndarray, threshold: str | float
     return thr, float(image_scores(probs > thr, truth).mean())
 
 
-def fold_oof(fold: int, members: Sequence[Member], train: TileSet, *, threshold: str | float, cache: Path) -> FoldOOF:
-    loaded = [load_member_oof(m, cache) for m in members]
+def fold_oof(fold: int, members: Sequence[Member], train: TileSet, *, threshold: str | float, cache: Path,
+             source: Source | None = None) -> FoldOOF:
+    loaded = [(source or (lambda m: load_member_oof(m, cache)))(m) for m in members]
     ids = loaded[0][0]
     for m, (other, _) in zip(members, loaded, strict=True):
         if other.tolist() != ids.tolist():
             raise SaltError(f"{m.key}: its fold {fold} validation ids differ from {members[0].key}'s; "
                             "pipelines must share the same folds (data.folds_scheme, n_folds, folds_seed)")
     truth = train.masks[train.position(ids)]
-    singles = [_pick_threshold(p.astype(np.float32), truth, threshold)[1] for _, p in loaded]
+    singles = [pick_threshold(p.astype(np.float32), truth, threshold)[1] for _, p in loaded]
     mean = np.mean([p.astype(np.float32) for _, p in loaded], axis=0)
-    thr, score = _pick_threshold(mean, truth, threshold)
+    thr, score = pick_threshold(mean, truth, threshold)
     return FoldOOF(fold=fold, ids=ids, probs=mean, threshold=thr, score=score, best_single=max(singles))
 
 
 def evaluate_oof(selection: Mapping[int, Sequence[Member]], train: TileSet, threshold: str | float,
-                 cache: Path) -> OOFResult:
-    """Average members per fold, threshold per fold, score every OOF tile with the coverage breakdown."""
-    folds = [fold_oof(f, ms, train, threshold=threshold, cache=cache) for f, ms in selection.items()]
+                 cache: Path, source: Source | None = None) -> OOFResult:
+    """Average members per fold, threshold per fold, score every OOF tile with the coverage breakdown;
+    ``source`` gives each member's probabilities (default: what its run stored)."""
+    folds = [fold_oof(f, ms, train, threshold=threshold, cache=cache, source=source) for f, ms in selection.items()]
     ids = np.concatenate([f.ids for f in folds])
     pred = np.concatenate([(f.probs > f.threshold).astype(np.uint8) for f in folds])
     truth = train.masks[train.position(ids)]
@@ -76,3 +121,26 @@ def evaluate_oof(selection: Mapping[int, Sequence[Member]], train: TileSet, thre
     best_single = float(np.sum(sizes * np.array([f.best_single for f in folds])) / sizes.sum())
     return OOFResult(folds=folds, ids=ids, pred=pred, scores=scores, score=float(scores.mean()), best_single=best_single,
                      bins=bin_breakdown(scores, coverage_bins(truth)))
+
+
+def greedy_members(selection: Mapping[int, Sequence[Member]], source: Source, train: TileSet,
+                   threshold: str | float) -> dict[int, list[Member]]:
+    """Per fold, forward selection: start from the best member (val_map, ties: the earlier version), then each
+    further member in that order joins only when the mean with it scores higher on the fold's OOF tiles (at the
+    threshold rule). An average with a much weaker snapshot (an early cycle of a short budget) is worse than the
+    better one alone; this keeps such members out. The choice is made on the same tiles the OOF figures are
+    measured on, so those figures are slightly optimistic (one comparison per candidate)."""
+    out: dict[int, list[Member]] = {}
+    for fold, ms in selection.items():
+        ranked = sorted(ms, key=lambda m: (-m.val_map, int(m.version or 0)))
+        ids = source(ranked[0])[0]
+        truth = train.masks[train.position(ids)]
+        chosen, probs = [ranked[0]], [source(ranked[0])[1]]
+        best = pick_threshold(probs[0], truth, threshold)[1]
+        for m in ranked[1:]:
+            trial = [*probs, source(m)[1]]
+            score = pick_threshold(np.mean(trial, axis=0), truth, threshold)[1]
+            if score > best:
+                chosen, probs, best = [*chosen, m], trial, score
+        out[fold] = chosen
+    return out

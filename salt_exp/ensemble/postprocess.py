@@ -21,12 +21,23 @@ Rules (applied by :func:`apply_rules` in this fixed order, whatever order they a
 - ``cap``: when a tile's last row is fully salt, the tiles below it in the column (contiguous) are
   predicted empty (salt interiors are labelled empty). Last, so that it overrides rows the other rules
   may have grown into a salt interior.
+
+Context. Besides the tiles being post-processed, the rules can read :class:`Neighbours`: tiles they see
+but never change or return, e.g. the labelled train tiles (their truth) around a test tile, or the
+test tiles' own predictions around an out-of-fold tile (real mosaics hold train and test tiles side by
+side, so without them most columns break at the first test tile). Context tiles take part in every
+rule like the others (a blank context tile is emptied before a column is walked), only the caller's
+tiles come back.
+
+Seams. ``broken`` lists vertical links (tile above, tile below) the rules must not carry anything
+across: a column is cut there and a sandwich needs both of its links intact. The jigsaw seam check
+(:func:`salt_exp.ensemble.jigsaw.untrusted_seams`) gives the links whose image edges do not continue.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,14 +51,65 @@ VERTICAL_ROWS = 30  # the reference's window for "the boundary is vertical here"
 
 @dataclass(frozen=True)
 class RuleContext:
-    """What the rules see besides the masks: ids (N,), images (N, 101, 101) or None, the mosaic index."""
+    """What the rules see besides the masks: ids (N,), images (N, 101, 101) or None, the mosaic index and the
+    vertical links (above, below) not to carry across."""
 
     ids: list[str]
     images: np.ndarray | None
     index: MosaicIndex
+    broken: frozenset[tuple[str, str]] = frozenset()
 
     def row(self) -> dict[str, int]:
         return {t: i for i, t in enumerate(self.ids)}
+
+    def linked(self, above: str | None, below: str | None) -> bool:
+        return above is not None and below is not None and (above, below) not in self.broken
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Tiles the rules read but never change or return: ids (K,), masks (K, 101, 101) 0/1 and their images
+    (None: stand-ins that no rule reads as blank)."""
+
+    ids: Sequence[str]
+    masks: np.ndarray
+    images: np.ndarray | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if len(self.ids) != len(self.masks) or (self.images is not None and len(self.images) != len(self.ids)):
+            raise SaltError(f"neighbour tiles: {len(self.ids)} ids but {len(self.masks)} masks"
+                            + ("" if self.images is None else f" and {len(self.images)} images"))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def stand_in_images(self) -> np.ndarray:
+        if self.images is not None:
+            return np.asarray(self.images)
+        out = np.zeros((len(self.ids), *np.asarray(self.masks).shape[1:]), np.uint8)
+        out[:] = np.arange(out.shape[-1], dtype=np.uint8)[None, None, :]  # not one grey value: never blank
+        return out
+
+    def without(self, ids: Collection[str]) -> Neighbours:
+        """These neighbours less ``ids`` (a caller's own tile wins over a neighbour with its id)."""
+        drop = set(map(str, ids))
+        keep = np.array([str(i) not in drop for i in self.ids], bool)
+        images = None if self.images is None else np.asarray(self.images)[keep]
+        return Neighbours([str(i) for i, k in zip(self.ids, keep, strict=True) if k], np.asarray(self.masks)[keep], images)
+
+    @classmethod
+    def join(cls, *parts: Neighbours | None) -> Neighbours | None:
+        """Several neighbour sets as one (the first set holding an id keeps it); None when all are None."""
+        parts = [p for p in parts if p is not None and len(p)]
+        if not parts:
+            return None
+        out, seen = [], set()
+        for p in parts:
+            p = p.without(seen)
+            seen.update(map(str, p.ids))
+            out.append(p)
+        return cls([str(i) for p in out for i in p.ids], np.concatenate([np.asarray(p.masks) for p in out]),
+                   np.concatenate([p.stand_in_images() for p in out]))
 
 
 Rule = Callable[[np.ndarray, RuleContext], np.ndarray]
@@ -75,9 +137,12 @@ def _carry_down(pred: np.ndarray, ctx: RuleContext, source: Callable[[np.ndarray
     tile below gets that row repeated, until a tile we hold no prediction for breaks the column."""
     row, out = ctx.row(), pred.copy()
     for column in ctx.index.columns():
-        line = None
+        line, previous = None, None
         for tile in column:
             i = row.get(tile)
+            if previous is not None and (previous, tile) in ctx.broken:  # an untrusted seam cuts the column
+                line = None
+            previous = tile
             if i is None:  # a tile of the mosaic we hold no prediction for: nothing carries across it
                 line = None
             elif line is not None:
@@ -96,7 +161,10 @@ def sandwich_rule(pred: np.ndarray, ctx: RuleContext) -> np.ndarray:
     """Fill tiles between salt above and salt below with the last row of the tile above."""
     row, out = ctx.row(), pred.copy()
     for tile, i in row.items():
-        up, down = row.get(ctx.index.above(tile)), row.get(ctx.index.below(tile))
+        above, below = ctx.index.above(tile), ctx.index.below(tile)
+        if not (ctx.linked(above, tile) and ctx.linked(tile, below)):
+            continue
+        up, down = row.get(above), row.get(below)
         if up is None or down is None or not pred[up][-1].any() or not pred[down][0].any():
             continue
         if int(pred[up][-1].sum()) * pred.shape[1] > int(pred[i].sum()):
@@ -136,21 +204,35 @@ def apply_rules(
     index: MosaicIndex,
     *,
     rules: Sequence[str],
+    context: Neighbours | None = None,
+    broken: Collection[tuple[str, str]] = (),
 ) -> np.ndarray | dict[str, np.ndarray]:
     """Apply the named rules in RULE_ORDER to binary masks (nonzero = salt).
 
     pred: (N, 101, 101) masks in the order of ``ids``, or a dict id -> (101, 101) mask (then ``ids``
     says which tiles take part). Returns the same kind: an (N, 101, 101) array of pred's dtype, or a
-    new dict (ids not listed are copied unchanged).
+    new dict (ids not listed are copied unchanged). ``context``: neighbour tiles read, never returned;
+    ``broken``: vertical links (above, below) nothing is carried across (see the module docstring).
     """
     for name in rules:
         get_rule(name)
     ids = [str(i) for i in ids]
     masks = _as_array(pred, ids)
-    ctx = RuleContext(ids, images, index)
+    n = len(ids)
+    context = context.without(ids) if context is not None else None
+    if context is not None and len(context):
+        if images is None and "blank" in rules:
+            raise SaltError("rule 'blank' needs the tile images; pass images=")
+        all_ids = [*ids, *map(str, context.ids)]
+        masks = np.concatenate([masks, np.asarray(context.masks) != 0])
+        images = None if images is None else np.concatenate([np.asarray(images), context.stand_in_images()])
+    else:
+        all_ids = ids
+    ctx = RuleContext(all_ids, images, index, frozenset(broken))
     for name in RULE_ORDER:
         if name in rules:
             masks = RULES[name](masks, ctx)
+    masks = masks[:n]
     if isinstance(pred, Mapping):
         out = dict(pred)
         out.update({i: masks[k].astype(np.asarray(pred[i]).dtype) for k, i in enumerate(ids)})
@@ -166,8 +248,11 @@ def measure_rules(
     *,
     index: MosaicIndex,
     rules: Sequence[str],
+    context: Neighbours | None = None,
+    broken: Collection[tuple[str, str]] = (),
 ) -> list[dict]:
-    """Score each rule alone against the same baseline, then all of them together (last row).
+    """Score each rule alone against the same baseline, then all of them together (last row); ``context`` and
+    ``broken`` as in :func:`apply_rules` (only ``ids`` are scored).
 
     Returns dicts rule, score_before, score_after, gain (after - before, competition metric),
     tiles_changed; the combined row is named by the rules joined with ``+`` in RULE_ORDER.
@@ -181,7 +266,7 @@ def measure_rules(
     runs = [[r] for r in ordered] + ([ordered] if len(ordered) > 1 else [])
     rows = []
     for run in runs:
-        after = apply_rules(base, ids, images, index, rules=run)
+        after = apply_rules(base, ids, images, index, rules=run, context=context, broken=broken)
         score = float(image_scores(after, truth).mean()) if len(ids) else float("nan")
         changed = int((after != base).reshape(len(ids), -1).any(axis=1).sum())
         rows.append({"rule": "+".join(run), "score_before": before, "score_after": score,

@@ -42,9 +42,17 @@ def select_top(members: Sequence[Member], top_k: int) -> dict[int, list[Member]]
     return dict(sorted(chosen.items()))
 
 
-def select_members(models: Sequence[str], top_k: int) -> dict[int, list[Member]]:
-    """Members of several registered models (pipelines), combined per fold: sound because folds are shared."""
-    members = [m for name in models for m in registered_members(name) if not m.full_fit]
+def select_members(models: Sequence[str], top_k: int, *, swa: str = "include",
+                   folds: Sequence[int] = ()) -> dict[int, list[Member]]:
+    """Members of several registered models (pipelines), combined per fold: sound because folds are shared.
+    ``swa="exclude"`` leaves SWA snapshots out; included, they compete with the cycles on val_map. ``folds``:
+    only those folds (each must be there)."""
+    members = [m for name in models for m in registered_members(name) if not m.full_fit
+               and not (swa == "exclude" and m.swa) and (not folds or m.fold in folds)]
+    missing = sorted(set(folds) - {m.fold for m in members})
+    if missing:
+        raise SaltError(f"--folds: registered model(s) {', '.join(models)} hold no snapshot of fold(s) "
+                        f"{', '.join(map(str, missing))}")
     if not members:
         raise SaltError(f"registered model(s) {', '.join(models)} hold only full-data fits: an ensemble needs fold "
                         "snapshots (their out-of-fold predictions choose the threshold and the rules)")

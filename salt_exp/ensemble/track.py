@@ -37,6 +37,10 @@ def _metrics(result: EnsembleResult, lb: dict) -> dict[str, float]:
                "test_threshold": result.test_threshold}
     for f in oof.folds:
         metrics.update({f"fold{f.fold}_threshold": f.threshold, f"fold{f.fold}_oof_map": f.score})
+    if result.waterfall is not None:
+        metrics.update(result.waterfall.metrics())
+        final = [s for s in result.waterfall.steps if s.chained and s.score is not None][-1]
+        metrics.update({f"fold{k}_oof_map_final": v for k, v in final.folds.items()})  # after the rules, per fold
     for b in oof.bins:
         metrics[f"oof_err_share_{b['bin']}"] = b["err_share"]
         if b["count"]:
@@ -53,6 +57,15 @@ def _log_artifacts(tracker: RunTracker, result: EnsembleResult) -> None:
     tracker.log_table({k: [b[k] for b in result.oof.bins] for k in result.oof.bins[0]}, C.ENSEMBLE_OOF_TABLE)
     if result.rule_gains:
         tracker.log_table({k: [g[k] for g in result.rule_gains] for k in result.rule_gains[0]}, C.ENSEMBLE_PP_TABLE)
+    if result.waterfall is not None:
+        from salt_exp.ensemble.waterfall import save_waterfall_png, table_columns
+
+        rows = result.waterfall.rows()
+        tracker.log_table(table_columns(rows), C.ENSEMBLE_WATERFALL_TABLE)  # shown in the UI's artifact view
+        with temp_dir() as tmp:
+            png = save_waterfall_png(rows, f"{tracker.run_id[:8]}: out-of-fold gain per step",
+                                     Path(tmp) / Path(C.ENSEMBLE_WATERFALL_PNG).name)
+            tracker.log_artifact(png, C.ENSEMBLE_DIR)
     if result.submission:
         tracker.log_artifact(result.submission, C.ENSEMBLE_DIR)
     with temp_dir() as tmp:
@@ -79,7 +92,7 @@ def _log_model(tracker: RunTracker, spec: EnsembleSpec, result: EnsembleResult) 
     params = {"study": spec.study, "threshold": result.test_threshold, "rules": ",".join(result.rules) or "none",
               "top_cycles": spec.top_k, "full_fit": spec.options.full_fit, "tta": "hflip",
               "members": ",".join(m.key for m in members)}
-    params.update({f"{MEMBER_PREFIX}{i}": f"{m.key} fold {C.fold_label(m.fold)} cycle {m.cycle} val_map {m.val_map:.4f}"
+    params.update({f"{MEMBER_PREFIX}{i}": f"{m.key} fold {C.fold_label(m.fold)} {C.cycle_label(m.cycle)} val_map {m.val_map:.4f}"
                    + (f" ({m.model_id})" if m.model_id else "") for i, m in enumerate(members)})
     with temp_dir() as tmp:
         written = {p.name: p for p in predictor.save_context(Path(tmp), names)}
@@ -102,7 +115,11 @@ def log_ensemble(spec: EnsembleSpec, result: EnsembleResult, data_root: Path) ->
     tracker = RunTracker.start(C.experiment_name(spec.study), "ensemble", C.ensemble_run_tags(spec.study))
     tracker.log_params({"models": ",".join(spec.models), "top_k": spec.top_k, "threshold": spec.threshold,
                         "postprocess": spec.postprocess, "rules_applied": ",".join(result.rules) or "none",
-                        "full_fit": spec.options.full_fit,
+                        "selection": spec.options.selection,
+                        "left_out": ",".join(m.key for m in result.left_out) or "none",
+                        "full_fit": spec.options.full_fit, "swa": spec.options.swa, "oof_tta": spec.options.oof_tta,
+                        "test_context": spec.options.test_context, "seam_max_cost": spec.options.seam_max_cost,
+                        "seams_cut": result.broken_seams,
                         "full_fit_members": ",".join(m.key for m in result.full_fit) or "none",
                         "data_root": str(data_root), "members": ",".join(m.key for m in members)})
     solution = data_root / "solution.csv"

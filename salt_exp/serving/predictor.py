@@ -164,7 +164,8 @@ class EnsemblePredictor:
 
     def __init__(self, groups: Sequence[Sequence[SnapshotPredictor]], *, threshold: float, rules: Sequence[str] = (),
                  known: KnownTiles | None = None, mosaics: pd.DataFrame | None = None,
-                 labels: Sequence[Sequence[str]] = (), fold_thresholds: dict[str, float] | None = None) -> None:
+                 labels: Sequence[Sequence[str]] = (), fold_thresholds: dict[str, float] | None = None,
+                 broken: Iterable[Sequence[str]] = ()) -> None:
         if not groups or not all(groups):
             raise SaltError("an ensemble needs at least one member in every group")
         self.groups = [list(g) for g in groups]
@@ -172,6 +173,7 @@ class EnsemblePredictor:
         self.known, self.mosaics = known, mosaics
         self.labels = [list(g) for g in labels] or [[m.label for m in g] for g in self.groups]
         self.fold_thresholds = {str(k): float(v) for k, v in (fold_thresholds or {}).items()}  # each fold's OOF threshold (``threshold``: their mean)
+        self.broken = frozenset((str(a), str(b)) for a, b in broken)  # vertical links the jigsaw seam check cut
 
     @property
     def members(self) -> list[SnapshotPredictor]:
@@ -190,21 +192,16 @@ class EnsemblePredictor:
         if not self.rules or frame is None:
             return pred
         from salt_exp.ensemble.mosaic import MosaicIndex
-        from salt_exp.ensemble.postprocess import apply_rules
+        from salt_exp.ensemble.postprocess import Neighbours, apply_rules
 
         ids = [str(i) for i in ids] if ids is not None else [f"\0tile{k}" for k in range(len(pred))]
         if len(set(ids)) != len(ids):
             raise SaltError("params.ids: every tile needs its own id (the mosaic rules look tiles up by id)")
         known = self.known
-        if known is not None and len(known.ids):
-            keep = ~np.isin(known.ids, np.array(ids, dtype=str))  # a caller's tile wins over a stored one
-            all_ids = [*ids, *known.ids[keep].tolist()]
-            all_images = np.concatenate([images, known.images()[keep]])
-            both = np.concatenate([pred, known.masks[keep]])
-        else:
-            all_ids, all_images, both = ids, images, pred
+        # the labelled tiles are read as neighbours, never returned; a caller's tile wins over a stored one
+        context = Neighbours(known.ids.tolist(), known.masks, known.images()) if known is not None and len(known.ids) else None
         index = MosaicIndex.from_frame(frame)
-        return apply_rules(both, all_ids, all_images, index, rules=list(self.rules))[: len(pred)]
+        return apply_rules(pred, ids, images, index, rules=list(self.rules), context=context, broken=self.broken)
 
     def predict(self, images: np.ndarray, *, ids: Sequence[str] | None = None, depths: np.ndarray | None = None,
                 positions: Sequence[Position] | None = None, probs: bool = False,
@@ -216,7 +213,7 @@ class EnsemblePredictor:
 
     def spec(self, member_files: Sequence[Sequence[str]]) -> dict[str, Any]:
         return {"format": 1, "threshold": self.threshold, "fold_thresholds": self.fold_thresholds,
-                "rules": list(self.rules), "tta": "hflip",
+                "rules": list(self.rules), "tta": "hflip", "broken_seams": sorted(map(list, self.broken)),
                 "groups": [[{"file": f, "label": lab} for f, lab in zip(files, labels, strict=True)]
                            for files, labels in zip(member_files, self.labels, strict=True)]}
 
@@ -243,4 +240,5 @@ class EnsemblePredictor:
         frame = pd.read_csv(mosaics, dtype={"id": str}) if mosaics is not None and Path(mosaics).exists() else None
         kt = KnownTiles.load(known) if known is not None and Path(known).exists() else None
         return cls(groups, threshold=spec["threshold"], rules=spec["rules"], known=kt, mosaics=frame,
-                   labels=[[m["label"] for m in g] for g in spec["groups"]], fold_thresholds=spec.get("fold_thresholds"))
+                   labels=[[m["label"] for m in g] for g in spec["groups"]], fold_thresholds=spec.get("fold_thresholds"),
+                   broken=spec.get("broken_seams", ()))

@@ -13,13 +13,14 @@ from pathlib import Path
 from salt_exp import contract as C
 from salt_exp.config import ExperimentConfig, config_hash, dump_yaml, flatten
 from salt_exp.contract import FoldRunTags, FoldStatus, RunStatus, SnapshotVersion
+from salt_exp.errors import SaltError
 from salt_exp.signals import term_as_interrupt
-from salt_exp.stores import work_root
-from salt_exp.tracking import RunTracker, find_runs
+from salt_exp.stores import download_cache, work_root
+from salt_exp.tracking import RunTracker, fetch_artifact, find_runs
 from salt_exp.train.fold_run import FoldResult, FoldTrainer
 from salt_exp.train.hooks import EpochLog, HookBase
 from salt_exp.train.mlflow_hook import MLflowHook
-from salt_exp.train.setup import FoldData, fold_datasets, load_fold
+from salt_exp.train.setup import FoldData, fold_datasets, load_fold, pseudo_params, pseudo_tags
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,26 @@ def _start(cfg: ExperimentConfig, tags: FoldRunTags, *, trial: int | None, paren
            fd: FoldData, extra_params: dict | None = None) -> RunTracker:
     fold = C.fold_label(tags.fold)
     name = "full-fit" if tags.fold == C.FULL_FIT else f"fold{fold}" if trial is None else f"trial{trial}-fold{fold}"
-    tracker = RunTracker.start(C.experiment_name(tags.study), name, tags.to_tags(), parent_run_id)
-    tracker.log_params({**flatten(cfg), "fold": fold, **(extra_params or {})})
+    tracker = RunTracker.start(C.experiment_name(tags.study), name, {**tags.to_tags(), **pseudo_tags(fd)}, parent_run_id)
+    tracker.log_params({**flatten(cfg), "fold": fold, **pseudo_params(fd), **(extra_params or {})})
     tracker.log_text(dump_yaml(cfg), C.CONFIG_FILE)
     tracker.log_artifact(fd.folds_file, C.FOLDS_DIR)
     tracker.log_datasets(fold_datasets(fd, tags.fold))
     return tracker
+
+
+def pseudo_labels_file(cfg: ExperimentConfig) -> Path | None:
+    """The local copy of ``pseudo.labels`` (a pseudo run's artifact, downloaded once), None without pseudo-labels."""
+    if not cfg.pseudo.labels:
+        return None
+    run_id, path = C.parse_pseudo_labels(cfg.pseudo.labels)
+    try:
+        return fetch_artifact(run_id, path, download_cache())
+    except SaltError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a missing run or artifact: one line naming the value
+        raise SaltError(f"pseudo.labels {cfg.pseudo.labels}: cannot fetch it ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from exc
 
 
 def run_fold(cfg: ExperimentConfig, fold: int, *, study: str = C.ADHOC, trial: int | None = None,
@@ -68,7 +83,7 @@ def run_fold(cfg: ExperimentConfig, fold: int, *, study: str = C.ADHOC, trial: i
              extra_params: dict | None = None) -> FoldRunInfo:
     """``fold`` ``contract.FULL_FIT``: a full-data fit, its snapshots registered with ``threshold``;
     ``extra_params`` are logged with the config when the run starts."""
-    fd = load_fold(cfg, fold)
+    fd = load_fold(cfg, fold, pseudo_file=pseudo_labels_file(cfg))
     tags = fold_run_tags(cfg, study, trial, fold)
     previous = find_resumable(cfg, study, trial, fold) if resume else None
     if previous is not None and previous[1] == RunStatus.FINISHED.value:

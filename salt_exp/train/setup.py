@@ -11,8 +11,8 @@ import pandas as pd
 import torch
 
 from salt_exp.config import ExperimentConfig
-from salt_exp.contract import FULL_FIT, DatasetRecord, fold_label
-from salt_exp.data.dataset import TileDataset, make_loader, num_channels
+from salt_exp.contract import FULL_FIT, DatasetRecord, Tag, fold_label, read_pseudo_labels
+from salt_exp.data.dataset import MixedSampler, TileDataset, make_loader, num_channels
 from salt_exp.data.folds import folds_path, load_or_create_folds
 from salt_exp.data.kaggle import KaggleData, load_kaggle
 from salt_exp.data.padding import TileAdapter
@@ -23,14 +23,27 @@ from salt_exp.models import build_model
 
 
 @dataclass(frozen=True, kw_only=True)
+class PseudoTiles:
+    """The pseudo-labelled test tiles one fold trains on beside its training tiles (``pseudo.labels``)."""
+
+    ids: np.ndarray  # (n,) str, test tiles only
+    images: np.ndarray  # (n, 101, 101) uint8
+    masks: np.ndarray  # (n, 101, 101) uint8 0/1
+    depths: np.ndarray  # (n,) float32
+    digest: str  # sha1 of the labels file: runs trained on other labels differ here
+    source: dict[str, str]  # where the labels came from (contract.PseudoLabels.source)
+
+
+@dataclass(frozen=True, kw_only=True)
 class FoldData:
-    """The train/validation split of one fold, arrays in memory."""
+    """The train/validation split of one fold, arrays in memory; ``pseudo``: its pseudo-labelled tiles, if any."""
 
     data: KaggleData
     folds: pd.DataFrame
     folds_file: str
     train_idx: np.ndarray
     val_idx: np.ndarray
+    pseudo: PseudoTiles | None = None
 
     @property
     def val_ids(self) -> np.ndarray:
@@ -41,8 +54,9 @@ class FoldData:
         return self.data.train.masks[self.val_idx]
 
 
-def load_fold(cfg: ExperimentConfig, fold: int) -> FoldData:
-    """The split of ``fold``; ``contract.FULL_FIT``: every tile trains, none is held out."""
+def load_fold(cfg: ExperimentConfig, fold: int, *, pseudo_file: Path | None = None) -> FoldData:
+    """The split of ``fold``; ``contract.FULL_FIT``: every tile trains, none is held out. ``pseudo_file``: the
+    local copy of ``pseudo.labels`` (the tracked fold run fetches it; without it no pseudo tiles are loaded)."""
     if fold != FULL_FIT and not 0 <= fold < cfg.data.n_folds:
         raise SaltError(f"--fold {fold} is out of range: data.n_folds is {cfg.data.n_folds} (valid 0..{cfg.data.n_folds - 1})")
     data = load_kaggle(cfg.data.root)
@@ -50,8 +64,45 @@ def load_fold(cfg: ExperimentConfig, fold: int) -> FoldData:
     folds = load_or_create_folds(data, d.folds_scheme, d.n_folds, d.folds_seed)
     f = folds["fold"].to_numpy()
     path = folds_path(data, d.folds_scheme, d.n_folds, d.folds_seed)
+    pseudo = load_pseudo(pseudo_file, data, fold, cfg) if cfg.pseudo.labels and pseudo_file is not None else None
     return FoldData(data=data, folds=folds, folds_file=str(path), train_idx=np.flatnonzero(f != fold),
-                    val_idx=np.flatnonzero(f == fold))  # FULL_FIT (-1) matches no tile's fold
+                    val_idx=np.flatnonzero(f == fold), pseudo=pseudo)  # FULL_FIT (-1) matches no tile's fold
+
+
+def load_pseudo(path: Path, data: KaggleData, fold: int, cfg: ExperimentConfig) -> PseudoTiles:
+    """Fold ``fold``'s pseudo-labelled tiles from a labels file; SaltError when one is a train tile (its label
+    would replace the truth, and a validation tile's would leak it) or not a test tile of ``data``."""
+    labels, where = read_pseudo_labels(path), f"pseudo.labels {cfg.pseudo.labels}"
+    mine = labels.folds.get(fold)
+    if mine is None:
+        held = ", ".join(fold_label(k) for k in labels.folds) or "none"
+        raise SaltError(f"{where}: no labels for fold {fold_label(fold)} (it holds folds {held})")
+    is_train = np.isin(mine.ids, data.train.ids)
+    if is_train.any():
+        raise SaltError(f"{where}: fold {fold_label(fold)} labels train tile {mine.ids[is_train][0]} "
+                        f"({int(is_train.sum())} train ids); pseudo-labels must be unlabelled test tiles")
+    test = data.test
+    if test is None:
+        raise SaltError(f"{where}: {data.root} has no test/images to take the pseudo-labelled tiles from")
+    pos = test.position(mine.ids.tolist())  # SaltError naming a tile that is not a test tile of this data
+    if cfg.data.channels == "depth" and np.isnan(test.depths[pos]).any():
+        raise SaltError(f"{where}: data.channels is depth but depths.csv lacks some pseudo-labelled tiles' depth")
+    return PseudoTiles(ids=mine.ids, images=test.images[pos], masks=mine.masks.astype(np.uint8),
+                       depths=test.depths[pos], digest=hashlib.sha1(Path(path).read_bytes()).hexdigest(),
+                       source=labels.source)
+
+
+def pseudo_params(fd: FoldData) -> dict[str, str | int]:
+    """Params of a run trained on pseudo-labels: the labels file's digest and how many tiles it gave this fold."""
+    p = fd.pseudo
+    return {} if p is None else {"pseudo_labels_digest": p.digest, "pseudo_tiles": len(p.ids)}
+
+
+def pseudo_tags(fd: FoldData) -> dict[str, str]:
+    """Lineage tags of a run trained on pseudo-labels: the ensemble version that made them, their run, the round."""
+    src = {} if fd.pseudo is None else fd.pseudo.source
+    keys = {Tag.PSEUDO_ENSEMBLE: "ensemble", Tag.PSEUDO_RUN: "pseudo_run", Tag.PSEUDO_ROUND: "round"}
+    return {tag: str(src[key]) for tag, key in keys.items() if key in src}
 
 
 def fold_datasets(fd: FoldData, fold: int) -> list[DatasetRecord]:
@@ -68,12 +119,27 @@ def fold_datasets(fd: FoldData, fold: int) -> list[DatasetRecord]:
         out.append(DatasetRecord(name=f"{root.name}-fold{fold_label(fold)}-{context}", digest=digest, source=str(root),
                                  context=context, profile={"tiles": len(ids), "fold": fold_label(fold),
                                                            "folds_file": Path(fd.folds_file).name}))
+    if fd.pseudo is not None:  # trained on too: the labels file's digest tells label sets apart
+        out.append(DatasetRecord(name=f"{root.name}-fold{fold_label(fold)}-pseudo", digest=fd.pseudo.digest[:12],
+                                 source=str(root), context="train",
+                                 profile={"tiles": len(fd.pseudo.ids), "fold": fold_label(fold),
+                                          "ensemble": fd.pseudo.source.get("ensemble", "?")}))
     return out
 
 
 def _subset(fd: FoldData, idx: np.ndarray, channels: str, transform=None) -> TileDataset:
     t = fd.data.train
     return TileDataset(t.images[idx], t.masks[idx], t.depths[idx], channels, transform=transform)
+
+
+def _with_pseudo(fd: FoldData, p: PseudoTiles, channels: str, transform) -> TileDataset:
+    """The fold's training tiles followed by its pseudo-labelled tiles (item index >= len(train_idx): pseudo), one
+    dataset so that both get the same augmentation stream."""
+    t = fd.data.train
+    return TileDataset(np.concatenate([t.images[fd.train_idx], p.images]),
+                       np.concatenate([t.masks[fd.train_idx], p.masks]),
+                       np.concatenate([t.depths[fd.train_idx], p.depths]).astype(np.float32), channels,
+                       transform=transform)
 
 
 def epoch_batches(cfg: ExperimentConfig, n_tiles: int, *, capped: bool = True) -> int:
@@ -88,12 +154,20 @@ def epoch_batches(cfg: ExperimentConfig, n_tiles: int, *, capped: bool = True) -
 
 def train_loader(cfg: ExperimentConfig, fd: FoldData, epoch: int, *, batches: int | None = None):
     """The loader of one epoch: order and augmentations are a function of (seed, epoch) alone, so resume replays.
-    ``batches``: at most this many batches (a budgeted run's planned epoch), as does ``train.max_train_batches``."""
+    ``batches``: at most this many batches (a budgeted run's planned epoch), as does ``train.max_train_batches``.
+    With pseudo-labelled tiles (``fd.pseudo``) each sample is one of them with probability ``pseudo.share``, else a
+    training tile (:class:`MixedSampler`); the epoch has as many batches as without them."""
     seed = cfg.seed * 100_003 + epoch
-    ds = _subset(fd, fd.train_idx, cfg.data.channels, build_train_transform(cfg.augment, seed))
-    drop_last = len(ds) > cfg.optim.batch_size
+    transform = build_train_transform(cfg.augment, seed)
+    p = fd.pseudo
+    if p is not None and len(p.ids) and cfg.pseudo.share > 0:
+        ds = _with_pseudo(fd, p, cfg.data.channels, transform)
+        sampler = MixedSampler(len(fd.train_idx), len(p.ids), cfg.pseudo.share, seed=seed)
+    else:
+        ds, sampler = _subset(fd, fd.train_idx, cfg.data.channels, transform), None
+    drop_last = len(fd.train_idx) > cfg.optim.batch_size
     loader = make_loader(ds, cfg.optim.batch_size, True, cfg.train.workers, seed=seed, drop_last=drop_last,
-                         pin_memory=torch.cuda.is_available())
+                         pin_memory=torch.cuda.is_available(), sampler=sampler)
     caps = [n for n in (cfg.train.max_train_batches, batches) if n is not None]
     if not caps or min(caps) >= len(loader):
         return loader

@@ -152,11 +152,26 @@ def report_command(*, run: str | None = None, study: str | None = None, out: str
 
     context = run_context(run_summary(output.run_id))
     report = write_report(output, scene.data, _out_dir(out, output, study), context=context, n_worst=worst,
-                          mosaic=(scene.index, draw))
+                          mosaic=(scene.index, draw), waterfall=_waterfall_rows(output))
     if log:
         _log(output.run_id, [report.html, *report.figures.values()], C.REPORT_DIR)
         RunTracker.attach(output.run_id).log_metrics(report.metrics(), 0)
     return report
+
+
+def _waterfall_rows(output: RunOutput) -> list[dict] | None:
+    """An ensemble run's waterfall table (None for a fold run, or an ensemble built before waterfalls)."""
+    import json
+    import tempfile
+
+    from salt_exp.ensemble.waterfall import rows_from_table
+    from salt_exp.tracking import artifact_paths, fetch_artifact
+
+    if output.role != "ensemble" or output.run_id is None or C.ENSEMBLE_WATERFALL_TABLE not in artifact_paths(output.run_id):
+        return None
+    with tempfile.TemporaryDirectory(prefix="salt-exp-wf-") as tmp:
+        path = fetch_artifact(output.run_id, C.ENSEMBLE_WATERFALL_TABLE, Path(tmp))
+        return rows_from_table(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def study_visuals(study: str) -> list[Path]:

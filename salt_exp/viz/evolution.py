@@ -57,7 +57,7 @@ def study_frames(study: str) -> list[Frame]:
     frames = []
     for (who, cycle), vs in groups.items():
         folds = ",".join(sorted({str(v.fold) for v in vs}))
-        frames.append(Frame(f"{who} cycle {cycle} (folds {folds})", max(v.created_ms for v in vs),
+        frames.append(Frame(f"{who} {C.cycle_label(cycle)} (folds {folds})", max(v.created_ms for v in vs),
                             tuple((v.run_id, v.oof) for v in vs)))
     for e in ensemble_versions(C.ensemble_model(study)):
         frames.append(Frame(f"ensemble v{e.version}", e.created_ms, ((e.ensemble_run, C.ENSEMBLE_OOF),)))

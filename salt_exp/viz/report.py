@@ -24,7 +24,7 @@ from salt_exp.viz.html import Section, render_page
 from salt_exp.viz.mosaic_plot import save_png
 from salt_exp.viz.sources import RunOutput
 
-SECTIONS = ("summary", "coverage", "depth", "mask-type", "threshold", "gallery", "mosaic")
+SECTIONS = ("summary", "waterfall", "coverage", "depth", "mask-type", "threshold", "gallery", "mosaic")
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,11 @@ def _summary(output: RunOutput, a: Analysis, context: dict[str, str]) -> Section
 
 
 def write_report(output: RunOutput, data: KaggleData, out_dir: Path, *, context: dict[str, str] | None = None,
-                 n_worst: int = 12, mosaic=None) -> Report:
+                 n_worst: int = 12, mosaic=None, waterfall: list[dict] | None = None) -> Report:
     """Analyse ``output.oof`` against the train masks; write PNGs and ``report.html`` into ``out_dir``.
 
     ``mosaic``: (MosaicIndex, render callable) or None; the callable draws a mosaic id to a Figure.
+    ``waterfall``: an ensemble's step rows (:mod:`salt_exp.ensemble.waterfall`), shown as a chart and a table.
     """
     if output.oof is None:
         raise SaltError(f"{output.label}: no out-of-fold predictions to analyse (a submission has no truth here)")
@@ -91,6 +92,11 @@ def write_report(output: RunOutput, data: KaggleData, out_dir: Path, *, context:
         "mask-type": save_png(breakdown_figure(a.types, "type", f"{name}: by mask type", "mask type"),
                            out_dir / "mask_types.png"),
     }
+    if waterfall:
+        from salt_exp.ensemble.waterfall import waterfall_figure
+
+        figs["waterfall"] = save_png(waterfall_figure(waterfall, f"{name}: out-of-fold gain per step"),
+                                     out_dir / "waterfall.png")
     if a.curve is not None:
         figs["threshold"] = save_png(threshold_figure(a, f"{name}: threshold curve (out-of-fold)"), out_dir / "threshold.png")
     worst = a.worst(n_worst)
@@ -104,12 +110,26 @@ def write_report(output: RunOutput, data: KaggleData, out_dir: Path, *, context:
         if mosaic_id is not None:
             figs["mosaic"] = save_png(draw(mosaic_id), out_dir / f"mosaic_{mosaic_id}.png")
     sections = _sections(output, a, figs, worst, depths=depths, context=context or {}, mosaic_id=mosaic_id)
+    if waterfall:
+        sections.insert(1, _waterfall_section(waterfall, figs["waterfall"]))
     page = render_page(f"Error analysis: {name}", f"salt-exp report, generated {dt.datetime.now().isoformat(timespec='seconds')}",
                        sections)
     html_path = out_dir / "report.html"
     with atomic_open(html_path, "w", encoding="utf-8") as fh:
         fh.write(page)
     return Report(html_path, figs, a, mosaic_id)
+
+
+def _waterfall_section(rows: list[dict], png: Path) -> Section:
+    def fmt(v, sign: bool = False) -> str:
+        return "-" if v is None else (f"{v:+.4f}" if sign else f"{v:.4f}")
+
+    table = [{"step": r["label"], "OOF mAP": fmt(r["score"]), "gain": fmt(r["gain"], True),
+              "sd over folds": fmt(r["gain_sd_over_folds"]), "note": r["note"]} for r in rows]
+    return Section(id="waterfall", heading="Ensemble waterfall",
+                   text="Each step adds one thing to the one before, all out of fold; the gain's spread is the "
+                   "standard deviation of the per-fold gains. Hatched: a comparison with another ensemble.",
+                   table=table, figures=[(png, "out-of-fold mAP gained by each ensemble step")])
 
 
 def worst_mosaic(index, a: Analysis) -> int | None:

@@ -79,11 +79,12 @@ def ensemble_oof(run_id: str, cache: Path) -> Predictions:
 
 
 def _pick_snapshot(run_id: str, versions: list[SnapshotVersion], cycle: int | None) -> SnapshotVersion:
-    if cycle is None:
-        return C.best_snapshot(versions)
+    if cycle is None:  # the best cycle; its SWA snapshot only when asked for (--cycle -1)
+        return C.best_snapshot([v for v in versions if not v.swa] or versions)
     chosen = next((v for v in versions if v.cycle == cycle), None)
     if chosen is None:
-        raise SaltError(f"--cycle {cycle}: run {run_id} has snapshots of cycles {sorted(v.cycle for v in versions)}")
+        held = [f"{c} ({C.SWA_LABEL})" if c == C.SWA_CYCLE else str(c) for c in sorted(v.cycle for v in versions)]
+        raise SaltError(f"--cycle {cycle}: run {run_id} has snapshots of cycles {', '.join(held)}")
     return chosen
 
 
@@ -97,7 +98,7 @@ def _fold_output(summary: RunSummary, cache: Path, cycle: int | None) -> RunOutp
     if not versions:
         raise SaltError(f"--run {run_id}: this fold run registered no snapshot (did it finish a cycle?)")
     chosen = _pick_snapshot(run_id, versions, cycle)
-    label = f"{study} trial {tags.get(Tag.TRIAL, C.NO_TRIAL)} fold {tags.get(Tag.FOLD)} cycle {chosen.cycle}"
+    label = f"{study} trial {tags.get(Tag.TRIAL, C.NO_TRIAL)} fold {tags.get(Tag.FOLD)} {C.cycle_label(chosen.cycle)}"
     oof = snapshot_predictions(run_id, chosen.oof, cache)
     return RunOutput(label=label, run_id=run_id, role=Role.FOLD.value, data_root=summary.data_root, oof=oof, test=None)
 

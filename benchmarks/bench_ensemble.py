@@ -1,0 +1,210 @@
+"""The ensemble waterfall on real data (issue 15), in resumable fold parts: what each ensemble step gains out of fold.
+
+    .venv/bin/python benchmarks/bench_ensemble.py --data ../shared/tgs [--minutes 25] [--folds 0-4] [--max-parts N]
+        [--study bq-cpu] [--results benchmarks/results/ensemble.json] [--report-only] [--docs]
+    make bench-ensemble DATA=../shared/tgs
+
+A *part* is one fold k: ``configs/cpu.yaml`` cross-validated on fold k at ``--minutes`` per fold (the very
+fold run ``bench_quality.py``'s ``cpu`` part trains, in the same study ``bq-cpu``: when that store already
+holds fold k of the same recipe, nothing is trained again; when it trains here, the quality part is saved
+to quality.json too), then ``salt-exp ensemble --study bq-cpu --folds k`` on it: its waterfall (best
+single @0.5, threshold search, top-2 snapshots, SWA when present, h-flip TTA, each rule, test tiles as
+neighbours, the jigsaw seam check) scored on fold k's validation tiles. Every OOF step of an ensemble
+reads fold k's members only, so a fold's rows are what a 5-fold ensemble's fold k rows would be, except
+that the test tiles read as neighbours are predicted by fold k's members only (a 5-fold ensemble averages
+all folds there; the note says so). A finished part is appended to the results file (temp file + rename);
+rerun the command to continue. The report (stdout, ``--docs``: docs/BENCHMARKS.md "Ensemble waterfall")
+aggregates the folds: each step's tile-weighted OOF score, its mean gain and the gain's spread over folds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bench_quality as bq  # noqa: E402  (the same folds, recipe keys and machine facts)
+
+RESULTS = REPO / "benchmarks" / "results" / "ensemble.json"
+BEGIN, END = "<!-- ensemble:begin -->", "<!-- ensemble:end -->"
+PIPELINE = "cpu"
+
+
+def load_parts(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["parts"]
+    except (ValueError, KeyError, TypeError) as exc:
+        sys.exit(f"{path}: not a bench_ensemble results file ({exc}); move it away or fix it")
+
+
+def save_part(path: Path, part: dict) -> None:
+    key = (part["fold"], part["minutes"], part["recipe"])
+    parts = [p for p in load_parts(path) if (p["fold"], p["minutes"], p["recipe"]) != key] + [part]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"parts": parts}, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def trained_folds(study: str, config_hash: str) -> set[int]:
+    """Folds of ``study`` whose registered snapshots come from a fold run of this recipe."""
+    from salt_exp import contract as C
+    from salt_exp.tracking import run_summary, snapshot_versions
+
+    try:
+        versions = snapshot_versions(C.snapshot_model(study))
+    except Exception:  # noqa: BLE001 - no such model yet: nothing trained
+        return set()
+    return {v.fold for v in versions if not v.full_fit and run_summary(v.run_id).tags.get(C.Tag.CONFIG_HASH) == config_hash}
+
+
+def run_part(data: Path, fold: int, minutes: float, study: str, results: Path, quality: Path) -> None:
+    from salt_exp.config import config_hash
+    from salt_exp.ensemble.build import EnsembleSpec
+    from salt_exp.ensemble.options import EnsembleOptions
+    from salt_exp.pipeline import ensemble_study
+
+    cfg = bq.harness_config(PIPELINE, "", data, minutes)
+    trained_here = fold not in trained_folds(study, config_hash(cfg))
+    if trained_here:  # bench_quality's cpu part: trains the fold run and records its quality part too
+        bq.run_part(PIPELINE, "", data, fold, minutes, quality)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-ensemble-") as tmp:
+        spec = EnsembleSpec.for_study(study, options=EnsembleOptions(), folds=(fold,), out=str(Path(tmp) / "sub.csv"))
+        outcome = ensemble_study(spec)
+    result = outcome.result
+    steps = [{"step": s.name, "label": s.label, "score": s.folds.get(fold) if s.score is not None else None,
+              "note": s.note, "chained": s.chained} for s in result.waterfall.steps]
+    part = {"fold": fold, "minutes": minutes, "recipe": bq.recipe_of(PIPELINE, "", data, minutes), "study": study,
+            "n_tiles": int(len(result.oof.ids)), "steps": steps, "rules": result.rules,
+            "rule_gains": result.rule_gains, "seams_cut": result.broken_seams,
+            "members": [m.key for ms in result.selection.values() for m in ms],
+            "ensemble_run": outcome.logged.run_id, "ensemble_s": round(time.perf_counter() - t0, 1),
+            "trained_here": trained_here, "machine": bq.machine(), "commit": bq.git_commit(),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    save_part(results, part)
+    print(f"[bench-ensemble] fold {fold}: " + ", ".join(f"{s['step']} {s['score']:.4f}" for s in steps
+                                                         if s["score"] is not None), flush=True)
+
+
+def report(parts: list[dict], minutes: float, recipe: str, folds: list[int]) -> str:
+    fresh = {p["fold"]: p for p in parts if p["minutes"] == minutes and p["recipe"] == recipe and p["fold"] in folds}
+    done = sorted(fresh)
+    lines = [f"`configs/cpu.yaml` at {minutes:g} min per fold on real data; folds with an ensemble part: "
+             f"{done or 'none yet'}", ""]
+    if not done:
+        return "\n".join(lines)
+    order: list[str] = []
+    for f in done:
+        for s in fresh[f]["steps"]:
+            if s["score"] is not None and s["step"] not in order:
+                order.append(s["step"])
+    labels = {s["step"]: s["label"] for f in done for s in fresh[f]["steps"]}
+    lines += ["| step | " + " | ".join(f"fold {f}" for f in done) + " | OOF mAP | gain | gain sd over folds |",
+              "|---|" + "---|" * (len(done) + 3)]
+    chained = {s["step"]: s["chained"] for f in done for s in fresh[f]["steps"]}
+    prev: dict[int, float] = {}
+    for name in order:
+        per = {f: next((s["score"] for s in fresh[f]["steps"] if s["step"] == name), None) for f in done}
+        if chained[name]:  # a step a fold does not have (e.g. no rule applied there) carries its previous score
+            per = {f: (v if v is not None else prev.get(f)) for f, v in per.items()}
+        shown = [f for f in done if per[f] is not None]
+        if not shown or (chained[name] and len(shown) < len(done)):
+            continue
+        n = {f: fresh[f]["n_tiles"] for f in shown}
+        score = sum(per[f] * n[f] for f in shown) / sum(n.values())
+        gains = [per[f] - prev[f] for f in shown if f in prev]
+        gain = f"{statistics.fmean(gains):+.4f}" if gains else "-"
+        sd = f"{statistics.stdev(gains):.4f}" if len(gains) > 1 else "-"
+        label = labels[name]
+        lines.append(f"| {label} | " + " | ".join(f"{per[f]:.4f}" if per[f] is not None else "-" for f in done)
+                     + f" | {score:.4f} | {gain} | {sd} |")
+        if chained[name]:
+            prev = per
+    lines += ["", "Rows in parentheses were tried and not taken: their gain is against the row above, and the chain "
+              "goes on from that row."]
+    first = {f: next(s["score"] for s in fresh[f]["steps"] if s["score"] is not None) for f in done}
+    total = [prev[f] - first[f] for f in done]
+    lines += ["", f"Final minus best single snapshot @0.5: {statistics.fmean(total):+.4f} (per fold "
+              + ", ".join(f"{f}: {t:+.4f}" for f, t in zip(done, total, strict=True)) + ")", "",
+              "| fold | rules applied | seams cut | members | ensemble s | trained here | machine | commit |",
+              "|---|---|---|---|---|---|---|---|"]
+    for f in done:
+        p = fresh[f]
+        lines.append(f"| {f} | {', '.join(p['rules']) or 'none'} | {p['seams_cut']} | {len(p['members'])} | "
+                     f"{p['ensemble_s']:.0f} | {p['trained_here']} | {p['machine']} | {p['commit']} |")
+    return "\n".join(lines)
+
+
+def write_docs(text: str, command: str) -> None:
+    doc = bq.DOCS.read_text(encoding="utf-8")
+    block = f"{BEGIN}\n`{command}`\n\n{text}\n{END}"
+    if BEGIN in doc and END in doc:
+        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
+    else:
+        doc = doc.rstrip() + "\n\n## Ensemble waterfall on real data (bench_ensemble.py)\n\n" + block + "\n"
+    tmp = bq.DOCS.with_suffix(".tmp")
+    tmp.write_text(doc, encoding="utf-8")
+    os.replace(tmp, bq.DOCS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "tgs"))
+    ap.add_argument("--minutes", type=float, default=25.0)
+    ap.add_argument("--folds", default="0-4")
+    ap.add_argument("--study", default="bq-cpu", help="the study of the fold runs (bench_quality's cpu study)")
+    ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--quality-results", default=str(bq.RESULTS))
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--max-parts", type=int, default=None)
+    ap.add_argument("--docs", action="store_true")
+    ap.add_argument("--part", type=int, default=None, help=argparse.SUPPRESS)  # internal: one fold in a child process
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    data, results = Path(args.data).resolve(), Path(args.results).resolve()
+    if not (data / "train.csv").exists():
+        sys.exit(f"--data {data}: no train.csv (expected the Kaggle TGS layout)")
+    from salt_exp.cv import parse_folds
+    from salt_exp.errors import SaltError
+
+    try:
+        folds = parse_folds(args.folds, 5)
+        if args.part is not None:
+            run_part(data, args.part, args.minutes, args.study, results, Path(args.quality_results).resolve())
+            return 0
+        recipe = bq.recipe_of(PIPELINE, "", data, args.minutes)
+    except SaltError as exc:
+        sys.exit(f"bench_ensemble: {exc}")
+    done = {p["fold"] for p in load_parts(results) if p["minutes"] == args.minutes and p["recipe"] == recipe}
+    todo = [f for f in folds if f not in done][: args.max_parts]
+    if not args.report_only:
+        for fold in todo:
+            print(f"[bench-ensemble] fold {fold} ...", flush=True)
+            cmd = [sys.executable, __file__, "--part", str(fold), "--data", str(data), "--minutes", str(args.minutes),
+                   "--study", args.study, "--results", str(results), "--quality-results", args.quality_results]
+            rc = subprocess.call(cmd, cwd=REPO)
+            if rc:
+                print(f"[bench-ensemble] fold {fold} failed (exit {rc}); rerun the command to continue", flush=True)
+                return rc
+    text = report(load_parts(results), args.minutes, recipe, folds)
+    print(text)
+    if args.docs:
+        write_docs(text, "make bench-ensemble DATA=../shared/tgs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Which pseudo-labelled tiles a round keeps: confidence rules on an ensemble's test probabilities (pure numpy).
+
+A tile is kept *empty* when its highest probability is below ``empty_max_prob`` and the post-processing rules
+left its mask empty; *non-empty* when its post-processed mask is non-empty and at least ``min_confident_pixels``
+of its pixels are below ``pixel_low`` or above ``pixel_high``; every other tile is dropped (a per-pixel ignore
+mask in the loss would keep more of them; here the per-pixel rule only filters tiles).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from salt_exp.config import PseudoConfig
+
+EMPTY, NONEMPTY, DROPPED = "empty", "nonempty", "dropped"
+
+
+def confidence_verdicts(probs: np.ndarray, masks: np.ndarray, rules: PseudoConfig) -> np.ndarray:
+    """(N,) str verdict per tile (EMPTY, NONEMPTY or DROPPED) from (N, H, W) probabilities in [0, 1] (not
+    logits) and the (N, H, W) 0/1 masks made of them (thresholded and post-processed)."""
+    p = np.asarray(probs, dtype=np.float32).reshape(len(probs), -1)
+    empty = ~np.asarray(masks).reshape(len(masks), -1).astype(bool).any(axis=1)
+    confident = ((p < rules.pixel_low) | (p > rules.pixel_high)).mean(axis=1) >= rules.min_confident_pixels
+    out = np.full(len(p), DROPPED, dtype="<U8")
+    out[empty & (p.max(axis=1) < rules.empty_max_prob)] = EMPTY
+    out[~empty & confident] = NONEMPTY
+    return out

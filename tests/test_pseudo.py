@@ -1,0 +1,301 @@
+"""Pseudo-labelling (`salt-exp pseudo`): confidence rules, leak-free fold labels, the mixed loader, a tracked round."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from salt_exp import contract as C
+from salt_exp.cli import main
+from salt_exp.config import AugmentConfig, PseudoConfig, load_config
+from salt_exp.data.dataset import MixedSampler
+from salt_exp.data.kaggle import load_kaggle
+from salt_exp.ensemble.mosaic import MosaicIndex
+from salt_exp.pseudo import round_study
+from salt_exp.pseudo.confidence import DROPPED, EMPTY, NONEMPTY, confidence_verdicts
+from salt_exp.pseudo.labels import Labeller
+from salt_exp.train.setup import load_fold, train_loader
+from tests.conftest import write_kaggle
+from tests.test_train_run import CONFIGS, TINY
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+RULES = PseudoConfig(empty_max_prob=0.2, pixel_low=0.1, pixel_high=0.9, min_confident_pixels=0.97)
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def test_confidence_rules_keep_and_drop_the_expected_tiles():
+    probs = np.full((7, 101, 101), 0.05, np.float32)  # 0: confidently empty
+    probs[1] = 0.15  # max below empty_max_prob: empty, although no pixel is below pixel_low
+    probs[2] = 0.3  # empty at 0.5 but not confidently so: dropped
+    probs[3, :, :40] = 0.95  # confident salt on the left: non-empty
+    probs[4, :, :40] = 0.95
+    probs[4, :6, 40:] = 0.6  # 6 x 61 of 10201 pixels (3.6%) unsure: dropped
+    probs[5, :4, 40:] = 0.6  # 2.4% unsure: kept
+    probs[5, :, :40] = 0.95
+    probs[6, 50, 50] = 0.4  # one pixel too high for an empty tile
+    masks = (probs > 0.5).astype(np.uint8)
+    verdicts = confidence_verdicts(probs, masks, RULES)
+    assert verdicts.tolist() == [EMPTY, EMPTY, DROPPED, NONEMPTY, DROPPED, NONEMPTY, DROPPED]
+    # a mask the mosaic rules made non-empty is kept as such when the pixels are confident (the rules' label)
+    grown = masks.copy()
+    grown[0, :, :10] = 1
+    assert confidence_verdicts(probs[:1], grown[:1], RULES).tolist() == [NONEMPTY]
+    assert confidence_verdicts(probs[:1], grown[:1], replace(RULES, min_confident_pixels=1.0)).tolist() == [NONEMPTY]
+    assert confidence_verdicts(probs[2:3], masks[2:3], replace(RULES, empty_max_prob=0.31)).tolist() == [EMPTY]
+
+
+def test_mixed_sampler_draws_the_share_keeps_the_epoch_and_replays():
+    s = MixedSampler(1000, 50, 0.3, seed=7)
+    idx = s.indices()
+    second = idx >= 1000
+    assert len(s) == len(idx) == 1000 and abs(second.mean() - 0.3) < 0.05
+    assert len(set(idx[~second].tolist())) == (~second).sum()  # a training tile at most once per pass
+    assert set((idx[second] - 1000).tolist()) == set(range(50))  # whole permutations of the pseudo tiles
+    assert list(s) == idx.tolist() == MixedSampler(1000, 50, 0.3, seed=7).indices().tolist()  # a pass replays
+    assert idx.tolist() != MixedSampler(1000, 50, 0.3, seed=8).indices().tolist()
+    assert (MixedSampler(10, 0, 0.5, seed=1).indices() < 10).all()  # no pseudo tile: training tiles only
+
+
+def test_the_pseudo_config_section_is_checked_and_hashed_only_with_labels(tmp_path):
+    from salt_exp.config import config_hash
+    from salt_exp.errors import SaltError
+
+    base = CONFIGS / "tiny.yaml"
+    assert config_hash(load_config(base)) == config_hash(load_config(base, ["pseudo.share=0.2"]))  # unused: same runs
+    with_labels = load_config(base, ["pseudo.labels=runs:/abc123/pseudo/labels.npz"])
+    assert config_hash(with_labels) != config_hash(load_config(base))
+    assert config_hash(with_labels) != config_hash(load_config(base, ["pseudo.labels=runs:/abc124/pseudo/labels.npz"]))
+    for bad, match in (("pseudo.shares=0.5", "unknown key 'pseudo.shares'; valid keys in 'pseudo': labels, share"),
+                       ("pseudo.share=1.5", "'pseudo.share' must be >= 0.0 and <= 1.0"),
+                       ("pseudo.pixel_low=0.95", "pseudo.pixel_low .* must be < pseudo.pixel_high"),
+                       ("pseudo.labels=runs:/", "pseudo.labels: expected runs:/<run_id>/")):
+        with pytest.raises(SaltError, match=match) as info:
+            load_config(base, [bad])
+        assert "\n" not in str(info.value)
+    assert round_study("s", 0) == "s-pl1" and round_study("s-pl1", 1) == "s-pl2" and round_study("x-pl1", 0) == "x-pl1-pl1"
+
+
+# ---------------------------------------------------------------- leak-free labels
+
+
+class _Fixed:
+    """A member whose test probabilities are given (the labeller only reads ``probs`` and ``label``)."""
+
+    label = "fixed"
+
+    def __init__(self, probs: np.ndarray) -> None:
+        self._probs = probs
+
+    def probs(self, images, depths=None, progress=None) -> np.ndarray:
+        return self._probs
+
+
+def _vertical(width: int) -> np.ndarray:
+    """A mask with a vertical boundary: the `vertical` rule carries its last row down the mosaic column."""
+    mask = np.zeros((101, 101), np.uint8)
+    mask[:, :width] = 1
+    return mask
+
+
+def test_fold_labels_never_include_train_tiles_nor_read_the_folds_validation_truth(tmp_path):
+    root = write_kaggle(tmp_path / "tgs", n=12, n_test=4)  # mosaic 1: train tiles 8..11 right above test tiles 12..15
+    data = load_kaggle(root, cache=False)
+    cfg = load_config(CONFIGS / "tiny.yaml", [f"data.root={root}", "data.n_folds=3"])
+    tile_fold = load_fold(cfg, C.FULL_FIT).folds["fold"].to_numpy()
+    index = MosaicIndex.from_frame(data.mosaics)
+    above = {t: index.above(t) for t in data.test.ids.tolist()}
+    assert all(a in set(data.train.ids.tolist()) for a in above.values())
+    fold = next(k for k in range(3) if 0 < sum(tile_fold[data.train.position([a])[0]] == k for a in above.values()) < 4)
+    val = data.train.ids[tile_fold == fold]
+    masks = data.train.masks.copy()
+    for j, a in enumerate(above.values()):
+        masks[data.train.position([a])[0]] = _vertical(20 + 10 * j)
+    probs = np.full((len(data.test.ids), 101, 101), 0.02, np.float32)
+    probs[:, :, :8] = 0.98  # every test tile a confident strip of its own
+
+    def labels(train_masks: np.ndarray, hidden: tuple[str, ...] | None = None):
+        hidden = tuple(val.tolist()) if hidden is None else hidden
+        lab = Labeller(test=data.test, train=dataclasses.replace(data.train, masks=train_masks), frame=data.mosaics,
+                       rules=("vertical",), confidence=RULES)
+        out, _ = lab.fold_labels([_Fixed(probs)], fold=fold, threshold=0.5, hidden=hidden)
+        return out
+
+    base = labels(masks)
+    assert set(base.ids.tolist()) <= set(data.test.ids.tolist()) and not set(base.ids.tolist()) & set(data.train.ids.tolist())
+    assert len(base.ids) == 4 and base.kept_nonempty == 4  # every strip is confident
+    row = {t: i for i, t in enumerate(base.ids.tolist())}
+    for t, a in above.items():  # known neighbours' truth is carried down, a validation tile's is not
+        expect = masks[data.train.position([a])[0]] if a not in set(val.tolist()) else (probs[0] > 0.5)
+        assert (base.masks[row[t]] == expect).all(), (t, a in set(val.tolist()))
+    changed_val = masks.copy()
+    changed_val[tile_fold == fold] = _vertical(77)  # other truth for every validation tile of the fold
+    again = labels(changed_val)
+    assert again.ids.tolist() == base.ids.tolist() and (again.masks == base.masks).all()
+    # sanity: the rules do read a neighbour's truth: known, a validation tile's change would have leaked ...
+    leaked = labels(changed_val, hidden=())
+    assert not (leaked.masks == labels(masks, hidden=()).masks).all()
+    # ... and another train tile's change does reach the labels
+    other = next(a for a in above.values() if a not in set(val.tolist()))
+    changed_other = masks.copy()
+    changed_other[data.train.position([other])[0]] = _vertical(90)
+    assert not (labels(changed_other).masks == base.masks).all()
+
+
+# ---------------------------------------------------------------- a tracked round
+
+
+ROUND0 = [*TINY, "padding.mode=resize", "padding.size=64", "schedule.cycles=1", "schedule.cycle_epochs=1",
+          "lr_find.enabled=false", "optim.lr=0.01", "train.threads=1"]  # one thread: the machine may be shared
+LOOSE = ["pseudo.empty_max_prob=1.0", "pseudo.min_confident_pixels=0.0"]  # a 1-epoch model is unsure: keep every tile
+
+
+def _sets(items: list[str]) -> list[str]:
+    return [a for t in items for a in ("--set", t)]
+
+
+@pytest.fixture(scope="module")
+def pseudo_round(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path, one_torch_thread):
+    """Round 0 (a 2-fold cv of the tiny config and its ensemble), then `salt-exp pseudo`: round 1, in one store."""
+    base, tmp = tmp_path_factory.getbasetemp(), tmp_path_factory.mktemp("pseudo")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SALT_EXP_CACHE", str(base / "cache"))
+        mp.setenv("SALT_EXP_FOLDS", str(base / "folds"))
+        (tmp / "mlruns").mkdir()
+        uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("SALT_EXP_WORK", str(tmp / "work"))
+        mp.chdir(tmp)
+        cv = ["cv", str(CONFIGS / "tiny.yaml"), "--folds", "0-1", "--study", "pl", "--set", f"data.root={synth_dir}"]
+        assert main([*cv, *_sets(ROUND0)]) == 0
+        assert main(["ensemble", "--study", "pl", "--top-cycles", "1", "--out", str(tmp / "sub.csv")]) == 0
+        assert main(["pseudo", "--study", "pl", "--folds", "0-1", *_sets(LOOSE)]) == 0
+        yield MlflowClient(uri), tmp
+
+
+def _runs(c: MlflowClient, study: str, role: str):
+    exp = c.get_experiment_by_name(f"salt/{study}")
+    return c.search_runs([exp.experiment_id], f"tags.`salt.role` = '{role}'") if exp else []
+
+
+def test_a_round_logs_its_labels_and_lineage_and_trains_on_them(pseudo_round, synth_dir, capsys):
+    import mlflow
+
+    c, tmp = pseudo_round
+    champion = c.get_model_version_by_alias("salt-pl-ensemble", "champion")
+    members = json.loads(champion.tags["members"])
+    (pseudo,) = _runs(c, "pl-pl1", "pseudo")
+    key = f"salt-pl-ensemble/v{champion.version}"
+    assert pseudo.info.status == "FINISHED" and pseudo.data.tags[C.Tag.PSEUDO_ENSEMBLE] == key
+    assert pseudo.data.tags[C.Tag.PSEUDO_ROUND] == "1" and pseudo.data.tags[C.Tag.STUDY] == "pl-pl1"
+    p = pseudo.data.params
+    assert (p["source_model"], p["source_version"], p["source_run"]) == ("salt-pl-ensemble", str(champion.version),
+                                                                          champion.tags["ensemble_run"])
+    assert p["pseudo.min_confident_pixels"] == "0.0" and p["pseudo.empty_max_prob"] == "1.0"
+    versions = {f"salt-pl/v{v.version}": v for v in c.search_model_versions("name='salt-pl'")}
+    for fold in (0, 1):  # each fold's labels were made by that fold's members only
+        assert p[f"fold{fold}_members"].split(",") == [m for m in members if versions[m].tags["fold"] == str(fold)]
+    # the labels: downloadable, test tiles only (never a train tile, so never a validation tile), all kept here
+    path = Path(mlflow.artifacts.download_artifacts(run_id=pseudo.info.run_id, artifact_path=C.PSEUDO_LABELS,
+                                                    dst_path=str(tmp / "dl")))
+    labels = C.read_pseudo_labels(path)
+    data = load_kaggle(synth_dir)
+    assert sorted(labels.folds) == [C.FULL_FIT, 0, 1] and labels.source["ensemble"] == key
+    for fold, fl in labels.folds.items():
+        assert sorted(fl.ids.tolist()) == sorted(data.test.ids.tolist()), fold
+        assert not set(fl.ids.tolist()) & set(data.train.ids.tolist())
+        m = pseudo.data.metrics
+        assert (m[f"fold{C.fold_label(fold)}_kept_empty"], m[f"fold{C.fold_label(fold)}_kept_nonempty"]) == (
+            fl.kept_empty, fl.kept_nonempty) and fl.dropped == 0
+    digest = hashlib.sha1(path.read_bytes()).hexdigest()
+    # the round's fold runs: nested in a cv run, naming the ensemble version and the pseudo run
+    folds = {int(r.data.tags["salt.fold"]): r for r in _runs(c, "pl-pl1", "fold")}
+    (cv,) = _runs(c, "pl-pl1", "cv")
+    assert sorted(folds) == [0, 1] and cv.data.tags[C.Tag.PSEUDO_RUN] == pseudo.info.run_id
+    for fold, run in folds.items():
+        t, rp = run.data.tags, run.data.params
+        assert run.info.status == "FINISHED" and t["mlflow.parentRunId"] == cv.info.run_id
+        assert (t[C.Tag.PSEUDO_ENSEMBLE], t[C.Tag.PSEUDO_RUN], t[C.Tag.PSEUDO_ROUND]) == (key, pseudo.info.run_id, "1")
+        assert rp["pseudo_labels_digest"] == digest and int(rp["pseudo_tiles"]) == len(labels.folds[fold].ids)
+        assert C.pseudo_labels_uri(pseudo.info.run_id) in rp["pseudo.labels"]
+        inputs = {i.dataset.name: i.dataset for i in c.get_run(run.info.run_id).inputs.dataset_inputs}
+        assert inputs[f"{synth_dir.name}-fold{fold}-pseudo"].digest == digest[:12]
+    # what fold 0 trained on: the labels file, drawn at about pseudo.share, the same batches for the same epoch
+    cfg = load_config(Path(mlflow.artifacts.download_artifacts(run_id=folds[0].info.run_id, artifact_path="config.yaml",
+                                                               dst_path=str(tmp / "cfg"))))
+    fd = load_fold(cfg, 0, pseudo_file=path)
+    assert fd.pseudo.ids.tolist() == labels.folds[0].ids.tolist() and (fd.pseudo.masks == labels.folds[0].masks).all()
+    assert cfg.pseudo.share == 0.5 and not np.isin(fd.pseudo.ids, fd.val_ids).any()
+    full = replace(cfg, train=replace(cfg.train, max_train_batches=None))
+    n_train, drawn, pseudo_drawn = len(fd.train_idx), 0, 0
+    for epoch in range(12):
+        index = np.concatenate([b["index"].numpy() for b in train_loader(full, fd, epoch)])
+        drawn, pseudo_drawn = drawn + len(index), pseudo_drawn + int((index >= n_train).sum())
+    assert len(train_loader(full, fd, 0)) == n_train // cfg.optim.batch_size  # the epoch keeps its batches
+    assert abs(pseudo_drawn / drawn - 0.5) < 0.1, (pseudo_drawn, drawn)
+    plain = replace(full, augment=AugmentConfig(hflip=0, invert=0, gamma=0, cutout=0, crop=0))
+    first = [(b["index"].numpy(), b["mask"].numpy()) for b in train_loader(plain, fd, 3)]
+    again = [b["index"].numpy() for b in train_loader(plain, fd, 3)]
+    assert all((a == i).all() for (i, _), a in zip(first, again, strict=True))
+    for idx, batch_masks in first:  # a pseudo tile trains with its label
+        for k, i in enumerate(idx):
+            if i >= n_train:
+                assert (batch_masks[k, 0] == labels.folds[0].masks[i - n_train]).all()
+
+    # the same command again: the labels and the fold runs are reused, nothing new is logged
+    before = sorted(r.info.run_id for r in c.search_runs([c.get_experiment_by_name("salt/pl-pl1").experiment_id]))
+    capsys.readouterr()
+    assert main(["pseudo", "--study", "pl", "--folds", "0-1", *_sets(LOOSE)]) == 0
+    out = capsys.readouterr().out
+    assert f"pseudo run {pseudo.info.run_id} (reused)" in out and "none (all folds had finished)" in out
+    after = sorted(r.info.run_id for r in c.search_runs([c.get_experiment_by_name("salt/pl-pl1").experiment_id]))
+    assert after == before
+
+    # rounds repeat: an ensemble of the round's snapshots is a source of round 2, named after the study it came from
+    from salt_exp.pseudo.source import resolve_source
+
+    assert main(["ensemble", "--study", "pl-pl1", "--top-cycles", "1", "--postprocess", "none",
+                 "--out", str(tmp / "sub1.csv")]) == 0
+    source = resolve_source("pl-pl1", "champion", tmp / "cache")
+    assert source.round == 1 and round_study("pl-pl1", source.round) == "pl-pl2" and source.rules == ()
+
+
+def _one_line_error(capsys, argv: list[str], match: str) -> None:
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and match in err, err
+
+
+def test_bad_input_is_one_line(pseudo_round, synth_dir, capsys):
+    from salt_exp.tracking import RunTracker, temp_dir
+
+    _one_line_error(capsys, ["pseudo", "--study", "nope"], "--study nope: no such study")
+    RunTracker.start("salt/noens", "a run", {}).end()
+    _one_line_error(capsys, ["pseudo", "--study", "noens"], "salt-noens-ensemble has no 'champion' version")
+    _one_line_error(capsys, ["pseudo", "--study", "pl", "--version", "9"], "salt-pl-ensemble has no version 9")
+    _one_line_error(capsys, ["pseudo", "--study", "pl", "--folds", "2"], "has no members of fold(s) [2]")
+    # a labels file that names a train tile: refused when the fold run loads it, before any run starts
+    data = load_kaggle(synth_dir)
+    bad = C.PseudoLabels(folds={0: C.FoldPseudoLabels(fold=0, ids=np.array([data.test.ids[0], data.train.ids[3]]),
+                                                      masks=np.zeros((2, 101, 101), np.uint8), threshold=0.5,
+                                                      kept_empty=2, kept_nonempty=0, dropped=0)}, source={})
+    tracker = RunTracker.start("salt/bad", "labels", {})
+    with temp_dir() as tmp:
+        tracker.log_artifact(C.write_pseudo_labels(Path(tmp) / "labels.npz", bad), "pseudo")
+    tracker.end()
+    train = ["train", str(CONFIGS / "tiny.yaml"), "--fold", "0", "--study", "bad", "--set", f"data.root={synth_dir}",
+             *_sets(ROUND0)]
+    _one_line_error(capsys, [*train, "--set", f"pseudo.labels={C.pseudo_labels_uri(tracker.run_id)}"],
+                    f"labels train tile {data.train.ids[3]}")
+    _one_line_error(capsys, [*train, "--set", "pseudo.labels=runs:/0123abcd/pseudo/labels.npz"], "cannot fetch it")
+    assert not _runs(MlflowClient(), "bad", "fold")
