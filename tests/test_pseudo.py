@@ -299,3 +299,34 @@ def test_bad_input_is_one_line(pseudo_round, synth_dir, capsys):
                     f"labels train tile {data.train.ids[3]}")
     _one_line_error(capsys, [*train, "--set", "pseudo.labels=runs:/0123abcd/pseudo/labels.npz"], "cannot fetch it")
     assert not _runs(MlflowClient(), "bad", "fold")
+
+
+def test_a_round_that_would_oversample_a_few_labels_is_refused_in_one_line():
+    """Real data, cpu.yaml at 25 min: the default rules kept 50 empty tiles of 4861 for one fold; at share 0.5 each
+    would be drawn ~48x as often as a training tile. The round stops with the numbers and what to loosen."""
+    from types import SimpleNamespace
+
+    from salt_exp.config import PseudoConfig
+    from salt_exp.errors import SaltError
+    from salt_exp.pseudo.confidence import calibration
+    from salt_exp.pseudo.round import check_oversampling
+
+    rules = PseudoConfig()
+    few = SimpleNamespace(fold=3, ids=np.array([f"t{i}" for i in range(50)]), kept_empty=50, kept_nonempty=0)
+    with pytest.raises(SaltError, match=r"^fold 3: the confidence rules kept 50 test tiles \(50 empty, 0 non-empty\) "
+                       r"beside 2400 training tiles; at pseudo.share 0.5 each would be drawn 48x .* pseudo.share <= 0.077"):
+        check_oversampling(few, 2400, rules)
+    check_oversampling(few, 2400, PseudoConfig(share=0.07))  # within the limit: no error
+    many = SimpleNamespace(fold=0, ids=np.array([f"t{i}" for i in range(1200)]), kept_empty=600, kept_nonempty=600)
+    check_oversampling(many, 2400, rules)  # 2x: fine
+    with pytest.raises(SaltError, match="kept 0 test tiles"):
+        check_oversampling(SimpleNamespace(fold=1, ids=np.array([]), kept_empty=0, kept_nonempty=0), 2400, rules)
+    # the calibration counts what looser rules would keep
+    probs = np.zeros((3, 101, 101), np.float32)
+    probs[0] = 0.15  # empty, max 0.15
+    probs[1] = 0.35  # empty, max 0.35
+    probs[2, :, :60] = 0.95  # non-empty: 60/101 pixels confident salt, the rest 0 (confident empty)
+    masks = (probs > 0.5).astype(np.uint8)
+    cal = calibration(probs, masks, rules)
+    assert cal["empty"] == {0.1: 0, 0.2: 1, 0.3: 1, 0.4: 2, 0.5: 2}
+    assert cal["nonempty"] == {0.8: 1, 0.9: 1, 0.95: 1, 0.97: 1, 0.99: 1}

@@ -156,6 +156,10 @@ class PseudoConfig:
     pixel_low: float = _prob(0.1)
     pixel_high: float = _prob(0.9)
     min_confident_pixels: float = _prob(0.97)
+    # a round is refused when a pseudo tile would be drawn more than this many times as often as a training tile
+    # (share / kept pseudo tiles against (1 - share) / training tiles): a handful of labels at share 0.5 would
+    # fill half of every batch with the same few tiles
+    max_oversampling: float = _num(4.0, gt=0.0)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,3 +25,19 @@ def confidence_verdicts(probs: np.ndarray, masks: np.ndarray, rules: PseudoConfi
     out[empty & (p.max(axis=1) < rules.empty_max_prob)] = EMPTY
     out[~empty & confident] = NONEMPTY
     return out
+
+
+EMPTY_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)  # empty_max_prob values the calibration table counts
+CONFIDENT_GRID = (0.8, 0.9, 0.95, 0.97, 0.99)  # min_confident_pixels values, at the configured pixel band
+
+
+def calibration(probs: np.ndarray, masks: np.ndarray, rules: PseudoConfig) -> dict[str, dict[float, int]]:
+    """How many tiles the rules would keep at other settings: ``empty`` kept-empty counts per ``empty_max_prob``
+    and ``nonempty`` kept-non-empty counts per ``min_confident_pixels`` (at the configured pixel band), so a user
+    sees how far to loosen them for their model's calibration."""
+    p = np.asarray(probs, dtype=np.float32).reshape(len(probs), -1)
+    empty = ~np.asarray(masks).reshape(len(masks), -1).astype(bool).any(axis=1)
+    top = p.max(axis=1)
+    share = ((p < rules.pixel_low) | (p > rules.pixel_high)).mean(axis=1)
+    return {"empty": {t: int((empty & (top < t)).sum()) for t in EMPTY_GRID},
+            "nonempty": {t: int((~empty & (share >= t)).sum()) for t in CONFIDENT_GRID}}

@@ -11,7 +11,7 @@ on every tile, which validates nothing) are the whole ensemble's, with every tra
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from salt_exp.contract import FULL_FIT, FoldPseudoLabels, SnapshotVersion, read_
 from salt_exp.data.kaggle import TileSet
 from salt_exp.ensemble.predict import member_predictor
 from salt_exp.errors import SaltError
-from salt_exp.pseudo.confidence import DROPPED, EMPTY, NONEMPTY, confidence_verdicts
+from salt_exp.pseudo.confidence import DROPPED, EMPTY, NONEMPTY, calibration, confidence_verdicts
 from salt_exp.pseudo.source import SourceEnsemble
 from salt_exp.serving.predictor import EnsemblePredictor, KnownTiles
 from salt_exp.tracking import fetch_artifact
@@ -40,6 +40,7 @@ class Labeller:
     rules: tuple[str, ...]
     broken: tuple[Seam, ...] = ()
     confidence: PseudoConfig
+    calibration: dict = field(default_factory=dict)  # fold -> confidence.calibration of its labels (filled by label)
 
     def predictor(self, groups: Sequence[Sequence[object]], *, threshold: float,
                   hidden: Sequence[str] = ()) -> EnsemblePredictor:
@@ -55,6 +56,7 @@ class Labeller:
         """The kept tiles of (N, 101, 101) test probabilities: ``predictor``'s masks, the confidence rules."""
         masks = predictor.masks_from_probs(probs, self.test.images, ids=self.test.ids.tolist())
         verdict = confidence_verdicts(probs, masks, self.confidence)
+        self.calibration[fold] = calibration(probs, masks, self.confidence)
         kept = verdict != DROPPED
         return FoldPseudoLabels(fold=fold, ids=self.test.ids[kept], masks=np.asarray(masks)[kept].astype(np.uint8),
                                 threshold=float(predictor.threshold), kept_empty=int((verdict == EMPTY).sum()),

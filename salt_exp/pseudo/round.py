@@ -157,14 +157,44 @@ def _label(source: SourceEnsemble, cfg: ExperimentConfig, run_id: str, cache: Pa
     labeller = Labeller(test=data.test, train=data.train, frame=frame, rules=source.rules, broken=source.broken,
                         confidence=cfg.pseudo)
     folds = make_labels(source, labeller, val_ids, cache, device)
-    empty = [C.fold_label(f) for f, fl in folds.items() if not len(fl.ids)]
-    if empty:
-        raise SaltError(f"the confidence rules kept no test tile for fold(s) {', '.join(empty)}: loosen them "
-                        f"(--set pseudo.min_confident_pixels=..., pseudo.empty_max_prob=...)")
+    for fold, fl in folds.items():
+        print(f"[pseudo] fold {C.fold_label(fold)}: kept {fl.kept_empty} empty + {fl.kept_nonempty} non-empty of "
+              f"{len(data.test)} test tiles; " + calibration_line(labeller.calibration.get(fold)), flush=True)
+    n_train = {f: int((tile_fold != f).sum()) for f in folds}
+    for fold, fl in folds.items():
+        check_oversampling(fl, n_train[fold], cfg.pseudo, labeller.calibration.get(fold))
     meta = {"ensemble": source.key, "ensemble_run": source.version.ensemble_run, "round": str(source.round + 1),
             "pseudo_run": run_id, "rules": ",".join(source.rules) or "none",
             **{k: str(getattr(cfg.pseudo, k)) for k in CONFIDENCE_KEYS}}
     return PseudoLabels(folds=folds, source=meta)
+
+
+def calibration_line(cal: dict | None) -> str:
+    """What other confidence settings would keep (see ``confidence.calibration``), in one line."""
+    if not cal:
+        return ""
+    empty = ", ".join(f"{t:g}: {n}" for t, n in cal["empty"].items())
+    nonempty = ", ".join(f"{t:g}: {n}" for t, n in cal["nonempty"].items())
+    return f"kept empty by empty_max_prob {{{empty}}}; kept non-empty by min_confident_pixels {{{nonempty}}}"
+
+
+def check_oversampling(fl, n_train: int, rules, cal: dict | None = None) -> None:
+    """One-line SaltError when the round would draw each pseudo tile more than ``pseudo.max_oversampling`` times
+    as often as a training tile (no kept tile at all is the extreme case)."""
+    n = len(fl.ids)
+    share = rules.share
+    if share <= 0:
+        return
+    ratio = float("inf") if n == 0 or share >= 1 else (share / n) / ((1 - share) / max(n_train, 1))
+    if ratio <= rules.max_oversampling:
+        return
+    limit = rules.max_oversampling * n / (n_train + rules.max_oversampling * n) if n else 0.0
+    raise SaltError(f"fold {C.fold_label(fl.fold)}: the confidence rules kept {n} test tiles ({fl.kept_empty} empty, "
+                    f"{fl.kept_nonempty} non-empty) beside {n_train} training tiles; at pseudo.share {share:g} each "
+                    + (f"would be drawn {ratio:.0f}x as often as a training tile (pseudo.max_oversampling "
+                       f"{rules.max_oversampling:g}): loosen pseudo.empty_max_prob / pseudo.min_confident_pixels or "
+                       f"set pseudo.share <= {limit:.3f}" if n else "batch would need one: loosen the rules")
+                    + (f" ({calibration_line(cal)})" if cal else ""))
 
 
 def _log_labels(tracker: RunTracker, labels: PseudoLabels) -> None:
