@@ -8,6 +8,7 @@ tags pin its member versions. The submission is written by the same
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from salt_exp.ensemble.jigsaw import untrusted_seams
 from salt_exp.ensemble.mosaic import MosaicIndex
 from salt_exp.ensemble.oof import MemberOOF, OOFResult, evaluate_oof, greedy_members, pick_threshold
 from salt_exp.ensemble.options import EnsembleOptions
-from salt_exp.ensemble.postprocess import RULE_ORDER, Neighbours, apply_rules
+from salt_exp.ensemble.postprocess import RULE_ORDER, Neighbours, apply_rules, rule_gains
 from salt_exp.ensemble.predict import group_predictors
 from salt_exp.ensemble.select import Member, select_full_fits, select_members
 from salt_exp.ensemble.waterfall import Waterfall
@@ -131,13 +132,9 @@ class _Progress:
     """One log line per member that has predicted its ``tiles`` (an ensemble on real data on a CPU takes minutes)."""
 
     def __init__(self, members: int, tiles: int, what: str) -> None:
-        import time
-
         self.members, self.tiles, self.what, self.seen, self.t0 = members, tiles, what, 0, time.perf_counter()
 
     def __call__(self, n: int) -> None:
-        import time
-
         self.seen += n
         if self.tiles and self.seen % self.tiles == 0:
             done = self.seen // self.tiles
@@ -198,8 +195,9 @@ def build_ensemble(spec: EnsembleSpec, cache: Path) -> tuple[EnsembleResult, Kag
     rules = choose_rules(spec.postprocess, gains)
     post = oof_rules.apply(oof.pred, rules) if rules else oof.pred
     oof_post = float(image_scores(post, truth).mean())
+    left_out = [m for f, ms in candidates.items() for m in ms if m not in selection[f]]
     waterfall = build_waterfall(spec, selection, members, oof, truth, fold_of, oof_rules=oof_rules, rules=rules,
-                                post=post, candidates=candidates)
+                                post=post, candidates=candidates, left_out=left_out)
 
     predictor.rules, predictor.broken = tuple(rules), frozenset(broken)
     submission = None
@@ -209,7 +207,7 @@ def build_ensemble(spec: EnsembleSpec, cache: Path) -> tuple[EnsembleResult, Kag
     result = EnsembleResult(selection=selection, oof=oof, rule_gains=gains, rules=rules, oof_post=oof_post,
                             post_pred=post, submission=submission, test_threshold=thr, full_fit=full,
                             groups=groups, predictor=predictor, waterfall=waterfall, broken_seams=len(broken),
-                            left_out=[m for f, ms in candidates.items() for m in ms if m not in selection[f]])
+                            left_out=left_out)
     return result, data
 
 
@@ -238,39 +236,37 @@ class OOFRules:
         labelled = _neighbours(train.ids[placed], train.masks[placed], train.images[placed])
         return cls(np.asarray(ids).astype(str), images, np.asarray(fold_of), index, labelled, test, frozenset(broken))
 
+    contexts: dict = field(default_factory=dict, compare=False, repr=False)  # (fold, test) -> Neighbours, built once
+
+    def context(self, fold: int, test: bool) -> Neighbours | None:
+        """What fold ``fold``'s tiles read: the labelled tiles outside it (truth) and, with ``test``, the test tiles."""
+        if (fold, test) not in self.contexts:
+            truth = self.labelled.without(self.ids[self.fold_of == fold]) if self.labelled is not None else None
+            self.contexts[(fold, test)] = Neighbours.join(truth, self.test if test else None)
+        return self.contexts[(fold, test)]
+
     def apply(self, pred: np.ndarray, rules: list[str], *, test: bool = True, seams: bool = True) -> np.ndarray:
         out = np.array(pred, copy=True)
         for f in np.unique(self.fold_of):
             sel = self.fold_of == f
-            truth = self.labelled.without(self.ids[sel]) if self.labelled is not None else None
-            context = Neighbours.join(truth, self.test if test else None)
             out[sel] = apply_rules(pred[sel], self.ids[sel].tolist(), self.images[sel], self.index, rules=rules,
-                                   context=context, broken=self.broken if seams else ())
+                                   context=self.context(f, test), broken=self.broken if seams else ())
         return out
 
     def gains(self, pred: np.ndarray, truth: np.ndarray, rules: list[str]) -> list[dict]:
         """Each rule alone against the same baseline, then all together (the rows of ``measure_rules``)."""
-        before = float(image_scores(pred, truth).mean()) if len(pred) else float("nan")
-        ordered = [r for r in RULE_ORDER if r in rules]
-        rows = []
-        for run in [[r] for r in ordered] + ([ordered] if len(ordered) > 1 else []):
-            after = self.apply(pred, run)
-            score = float(image_scores(after, truth).mean()) if len(pred) else float("nan")
-            changed = int((after != pred).reshape(len(pred), -1).any(axis=1).sum())
-            rows.append({"rule": "+".join(run), "score_before": before, "score_after": score,
-                         "gain": score - before, "tiles_changed": changed})
-        return rows
+        return rule_gains(pred, truth, rules, lambda run: self.apply(pred, run))
 
 
 def build_waterfall(spec: EnsembleSpec, selection: dict[int, list[Member]], members: MemberOOF, oof: OOFResult,
                     truth: np.ndarray, fold_of: np.ndarray, *, oof_rules: OOFRules | None, rules: list[str],
-                    post: np.ndarray, candidates: dict[int, list[Member]] | None = None) -> Waterfall:
+                    post: np.ndarray, candidates: dict[int, list[Member]] | None = None,
+                    left_out: Sequence[Member] = ()) -> Waterfall:
     """The ensemble's steps out of fold, each adding one thing (see :mod:`salt_exp.ensemble.waterfall`); the last
     chained step is the ensemble's final OOF masks (``post``)."""
     opts = spec.options
     wf = Waterfall(truth, fold_of)
     candidates = candidates or selection
-    left_out = [m for f, ms in candidates.items() for m in ms if m not in selection[f]]
 
     def fold_masks(pick, tta: bool, threshold) -> np.ndarray:
         """Per fold: the mean probabilities of ``pick(fold members)`` thresholded by ``threshold`` (searched or fixed)."""

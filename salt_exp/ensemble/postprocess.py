@@ -259,16 +259,24 @@ def measure_rules(
     """
     ids = [str(i) for i in ids]
     base, truth = _as_array(pred, ids), _as_array(truth, ids)
-    before = float(image_scores(base, truth).mean()) if len(ids) else float("nan")
-    ordered = [r for r in RULE_ORDER if r in rules]
     for name in rules:
         get_rule(name)
+    return rule_gains(base, truth, rules,
+                      lambda run: apply_rules(base, ids, images, index, rules=run, context=context, broken=broken))
+
+
+def rule_gains(base: np.ndarray, truth: np.ndarray, rules: Sequence[str],
+               apply: Callable[[list[str]], np.ndarray]) -> list[dict]:
+    """The rows of :func:`measure_rules`: each rule alone, then all together (in RULE_ORDER), each run through
+    ``apply(rules) -> masks`` and scored against the same baseline ``base``."""
+    before = float(image_scores(base, truth).mean()) if len(base) else float("nan")
+    ordered = [r for r in RULE_ORDER if r in rules]
     runs = [[r] for r in ordered] + ([ordered] if len(ordered) > 1 else [])
     rows = []
     for run in runs:
-        after = apply_rules(base, ids, images, index, rules=run, context=context, broken=broken)
-        score = float(image_scores(after, truth).mean()) if len(ids) else float("nan")
-        changed = int((after != base).reshape(len(ids), -1).any(axis=1).sum())
+        after = apply(run)
+        score = float(image_scores(after, truth).mean()) if len(base) else float("nan")
+        changed = int((after != base).reshape(len(base), -1).any(axis=1).sum())
         rows.append({"rule": "+".join(run), "score_before": before, "score_after": score,
                      "gain": score - before, "tiles_changed": changed})
     return rows

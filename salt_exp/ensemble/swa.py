@@ -17,7 +17,6 @@ second call finds the version (key: its ``cycle`` tag) and the logged model (key
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from salt_exp import contract as C
 from salt_exp.config import ExperimentConfig, to_dict
-from salt_exp.contract import SnapshotVersion, Tag
+from salt_exp.contract import SnapshotVersion
 from salt_exp.data.dataset import TileDataset, make_loader
 from salt_exp.data.padding import TileAdapter
 from salt_exp.ensemble.predict import load_member
@@ -223,23 +222,14 @@ def _cycles_text(cycles: Sequence[int]) -> str:
 def _log_model(swa: SWASnapshot, v: SnapshotVersion) -> str:
     """The SWA weights as a pyfunc logged model of the fold run, exactly as a cycle's (``mlflow_hook._log_model``);
     logged once per run (model key ``swa``), a model left PENDING by a killed process is redone."""
-    from salt_exp.serving.pyfunc import WEIGHTS_ARTIFACT, signature
-    from salt_exp.tracking.models import code_file, log_pyfunc_model
+    from salt_exp.tracking.models import log_snapshot_model
 
     fold, cycles = C.fold_label(v.fold), _cycles_text(swa.cycles)
-    meta = {"label": f"{v.model} fold {fold} swa of cycles {cycles} (run {v.run_id})", "threshold": v.val_best_thr,
-            "study": v.study, "trial": v.trial, "fold": fold, "cycle": C.SWA_CYCLE, "epoch": v.epoch,
-            "run_id": v.run_id, "swa_cycles": list(swa.cycles)}
     with temp_dir() as tmp:
-        weights, meta_file = Path(tmp) / C.SWA_WEIGHTS_FILE, Path(tmp) / "snapshot.json"
+        weights = Path(tmp) / C.SWA_WEIGHTS_FILE
         torch.save(swa.checkpoint, weights)
-        meta_file.write_text(json.dumps(meta, indent=2))
-        return log_pyfunc_model(
-            v.run_id, name=C.snapshot_logged_name(v.fold, C.SWA_CYCLE), key=C.snapshot_model_key(C.SWA_CYCLE),
-            code=code_file("snapshot_model"), artifacts={WEIGHTS_ARTIFACT: weights, "meta": meta_file},
-            signature=signature("snapshot"), model_type=C.SNAPSHOT_MODEL_TYPE, step=0,
-            params={"study": v.study, "trial": v.trial, "fold": fold, "cycle": C.SWA_CYCLE, "epoch": v.epoch,
-                    "encoder": v.encoder, "val_best_thr": v.val_best_thr, "registered_model": v.model,
-                    C.SWA_CYCLES_TAG: cycles, "bn_batches": swa.bn_batches},
-            tags={Tag.STUDY: v.study, Tag.FOLD: fold, Tag.TRIAL: v.trial})
-
+        return log_snapshot_model(v.run_id, v, cycle=C.SWA_CYCLE, epoch=v.epoch, threshold=v.val_best_thr,
+                                  weights=weights, step=0,
+                                  label=f"{v.model} fold {fold} swa of cycles {cycles} (run {v.run_id})",
+                                  meta_extra={"swa_cycles": list(swa.cycles)},
+                                  params_extra={C.SWA_CYCLES_TAG: cycles, "bn_batches": swa.bn_batches})

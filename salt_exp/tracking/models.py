@@ -136,6 +136,33 @@ def _link_output(run_id: str, model_id: str, step: int) -> None:
         c.log_outputs(run_id, [LoggedModelOutput(model_id, step=step)])
 
 
+def log_snapshot_model(run_id: str, template: Any, *, cycle: int, epoch: int, threshold: float, weights: Path,
+                       label: str, step: int, meta_extra: Mapping[str, Any] | None = None,
+                       params_extra: Mapping[str, Any] | None = None) -> str:
+    """One snapshot (a cycle's, or SWA's) as a pyfunc logged model of its fold run: the weights file, a
+    ``snapshot.json`` (label, threshold, where it comes from) and the params the model page shows. ``template``:
+    the run's ``contract.SnapshotVersion`` (study, trial, fold, encoder, model); ``meta_extra``/``params_extra``: more
+    of each (an SWA snapshot's averaged cycles)."""
+    import json
+
+    from salt_exp import contract as C
+    from salt_exp.serving.pyfunc import WEIGHTS_ARTIFACT, signature
+
+    t, fold = template, C.fold_label(template.fold)
+    meta = {"label": label, "threshold": float(threshold), "study": t.study, "trial": t.trial, "fold": fold,
+            "cycle": int(cycle), "epoch": int(epoch), "run_id": run_id, **(meta_extra or {})}
+    with tempfile.TemporaryDirectory(prefix="salt-exp-snap-") as tmp:
+        meta_file = Path(tmp) / "snapshot.json"
+        meta_file.write_text(json.dumps(meta, indent=2))
+        return log_pyfunc_model(
+            run_id, name=C.snapshot_logged_name(t.fold, cycle), key=C.snapshot_model_key(cycle),
+            code=code_file("snapshot_model"), artifacts={WEIGHTS_ARTIFACT: weights, "meta": meta_file},
+            signature=signature("snapshot"), model_type=C.SNAPSHOT_MODEL_TYPE, step=step,
+            params={"study": t.study, "trial": t.trial, "fold": fold, "cycle": cycle, "epoch": epoch,
+                    "encoder": t.encoder, "val_best_thr": threshold, "registered_model": t.model, **(params_extra or {})},
+            tags={Tag.STUDY: t.study, Tag.FOLD: fold, Tag.TRIAL: t.trial})
+
+
 def log_model_metrics(run_id: str, model_id: str, metrics: Mapping[str, float], step: int,
                       dataset: tuple[str, str] | None = None) -> None:
     """Metrics of the run that belong to one of its models (the model page lists them, with the dataset

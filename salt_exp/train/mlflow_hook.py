@@ -8,7 +8,6 @@ of everything.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -97,24 +96,12 @@ class MLflowHook(HookBase):
 
     def _log_model(self, snap: SnapshotRef, threshold: float) -> str:
         """The snapshot as a pyfunc logged model of this run (step: its cycle), logged once per cycle."""
-        from salt_exp.serving.pyfunc import WEIGHTS_ARTIFACT, signature
-        from salt_exp.tracking.models import code_file, log_pyfunc_model
+        from salt_exp.tracking.models import log_snapshot_model
 
         t, c = self.template, snap.cycle
-        fold = C.fold_label(t.fold)
-        meta = {"label": f"{t.model} fold {fold} cycle {c} (run {self.tracker.run_id})", "threshold": float(threshold),
-                "study": t.study, "trial": t.trial, "fold": fold, "cycle": int(c), "epoch": int(snap.epoch),
-                "run_id": self.tracker.run_id}
-        with temp_dir() as tmp:
-            meta_file = Path(tmp) / "snapshot.json"
-            meta_file.write_text(json.dumps(meta, indent=2))
-            return log_pyfunc_model(
-                self.tracker.run_id, name=C.snapshot_logged_name(t.fold, c), key=C.snapshot_model_key(c),
-                code=code_file("snapshot_model"), artifacts={WEIGHTS_ARTIFACT: snap.weights, "meta": meta_file},
-                signature=signature("snapshot"), model_type=C.SNAPSHOT_MODEL_TYPE, step=c,
-                params={"study": t.study, "trial": t.trial, "fold": fold, "cycle": c, "epoch": snap.epoch,
-                        "encoder": t.encoder, "val_best_thr": threshold, "registered_model": t.model},
-                tags={Tag.STUDY: t.study, Tag.FOLD: fold, Tag.TRIAL: t.trial})
+        return log_snapshot_model(self.tracker.run_id, t, cycle=c, epoch=snap.epoch, threshold=threshold,
+                                  weights=snap.weights, step=c,
+                                  label=f"{t.model} fold {C.fold_label(t.fold)} cycle {c} (run {self.tracker.run_id})")
 
     def _log_run_table(self, snaps: list[SnapshotRef]) -> None:
         """Root ``coverage_bins.json`` (every cycle so far, rewritten whole) and the latest ``coverage_bins.png``."""
