@@ -47,6 +47,26 @@ def test_plan_cycles_drops_cycles_when_quarter_epochs_do_not_fit():
     assert (plan.cycles, plan.cycle_epochs, plan.epoch_steps) == (1, 1, 10) and "not even one epoch" in plan.note
 
 
+def test_replan_adds_whole_cycles_when_full_epochs_leave_room_for_them():
+    # planned at 2 s/step (the first batches timed on a busy machine): 2 cycles x 2 full epochs of 10 batches;
+    # the first epoch ran at 1 s/batch: 3 full epochs left take 33 s of the 77.6 s planned, room for 2 cycles more
+    plan = BudgetPlan(budget_minutes=100 / 60, cycles=2, cycle_epochs=2, steps_per_epoch=10, step_s=2.0, val_s=1.0,
+                      epoch_steps=10, used_s=20.0, epoch_wall_s=[11.0], epoch_batches=[10])
+    replan(plan, 1)
+    assert (plan.cycles, plan.cycle_epochs, plan.epoch_steps, plan.epochs) == (4, 2, 10, 8)
+    assert "+2 cycle(s) after epoch 1" in plan.note and 7 * plan.epoch_s <= 0.97 * 80
+    # measured as planned: the plan stays
+    plan = BudgetPlan(budget_minutes=100 / 60, cycles=2, cycle_epochs=2, steps_per_epoch=10, step_s=2.0, val_s=1.0,
+                      epoch_steps=10, used_s=20.0, epoch_wall_s=[21.0], epoch_batches=[10])
+    replan(plan, 1)
+    assert (plan.cycles, plan.epoch_steps, plan.note) == (2, 10, "")
+    # shortened epochs are lengthened first; cycles come only once every epoch left is a full pass
+    plan = BudgetPlan(budget_minutes=100 / 60, cycles=2, cycle_epochs=2, steps_per_epoch=10, step_s=2.0, val_s=1.0,
+                      epoch_steps=5, used_s=20.0, epoch_wall_s=[6.0], epoch_batches=[5])
+    replan(plan, 1)
+    assert plan.cycles == 4 and plan.epoch_steps == 10
+
+
 def test_should_stop_uses_measured_epochs_and_always_trains_the_first():
     plan = BudgetPlan(budget_minutes=10 / 60, cycles=2, cycle_epochs=5, steps_per_epoch=4, step_s=0.25, val_s=0.0, used_s=9.2)
     assert plan.epoch_s == 1.0 and not should_stop(plan, 1)  # ends at 10.2 s: within 3% of the 10 s budget

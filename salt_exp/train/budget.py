@@ -3,8 +3,9 @@
 A budgeted fold run times a few training steps and one validation batch after the LR finder, plans
 ``cycles`` cycles of whole epochs that fill what is left of the budget, shortening every epoch to the
 batches that fit (fewer cycles when not even quarter-pass epochs fit), then re-estimates an epoch's wall
-time per batch from the epochs it has run and re-plans the length of the epochs left (:func:`replan`), and
-stops before one that would end more than 3% past the budget. The plan lives in the run state
+time per batch from the epochs it has run and re-plans the length of the epochs left (:func:`replan`; whole
+cycles are added when full-pass epochs leave room for them), and stops before one that would end more than 3%
+past the budget. The plan lives in the run state
 (:class:`~salt_exp.train.state.BudgetPlan`): a resumed run keeps its schedule and its spent time.
 """
 
@@ -76,7 +77,11 @@ def replan(plan: BudgetPlan, epochs_done: int) -> None:
     """Before epoch ``epochs_done`` (>= 1): the epochs left, shortened or lengthened (up to a pass) to the
     batches that fit in 97% of the budget left at the measured wall time per batch. Cycles and epochs per
     cycle stay: the LR follows each epoch's share of its cycle (``FoldTrainer``), whatever its length, so a
-    first-batch timing that was off by a quarter costs no cycle its low-LR end."""
+    first-batch timing that was off by a quarter costs no cycle its low-LR end.
+
+    When even full-pass epochs leave room for whole cycles more (the first batches were timed on a busy
+    machine, say, and planned a third of what fits), those cycles are added after the planned ones
+    (:func:`extra_cycles`); the cycles already running keep their length and LR."""
     left_epochs = plan.epochs - epochs_done
     if left_epochs <= 0 or not plan.epoch_wall_s:
         return
@@ -84,6 +89,24 @@ def replan(plan: BudgetPlan, epochs_done: int) -> None:
     min_steps = min_epoch_steps(plan.steps_per_epoch)
     fit = (left / left_epochs - plan.val_s) / max(plan.rate_s, 1e-9)
     plan.epoch_steps = int(min(plan.steps_per_epoch, max(min_steps, fit)))
+    more = extra_cycles(plan, left, left_epochs)
+    if more:
+        note = (f"+{more} cycle(s) after epoch {epochs_done}: full-pass epochs left "
+                f"{left - left_epochs * plan.epoch_s:.0f}s of the budget unused at the measured "
+                f"{plan.rate_s:.3f}s/batch (planned at {plan.step_s:.3f}s/step)")
+        plan.cycles += more
+        plan.note = f"{plan.note}; {note}" if plan.note else note
+        replan(plan, epochs_done)  # the longer plan's epochs fitted again (never shorter than a quarter pass)
+
+
+def extra_cycles(plan: BudgetPlan, left: float, left_epochs: int) -> int:
+    """How many whole cycles of ``cycle_epochs`` full-pass epochs fit in what ``left_epochs`` full-pass epochs
+    leave of ``left`` seconds; 0 unless the epochs left already train a full pass each."""
+    if plan.epoch_steps < plan.steps_per_epoch:
+        return 0
+    full_epoch_s = plan.steps_per_epoch * plan.rate_s + plan.val_s
+    spare = left - left_epochs * full_epoch_s
+    return max(0, int(spare // (plan.cycle_epochs * max(full_epoch_s, 1e-9))))
 
 
 def should_stop(plan: BudgetPlan, epoch: int) -> bool:

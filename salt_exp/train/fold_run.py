@@ -219,10 +219,12 @@ class FoldTrainer:
                 if self.state.lr_find:
                     self.hooks.on_lr_find(LRFindResult(**self.state.lr_find))
             self._plan_budget()
-            for epoch in range(self.state.epochs_done, self.total_epochs):
+            epoch = self.state.epochs_done
+            while epoch < self.total_epochs:  # re-read: a budgeted run's replan may add cycles
                 if self._out_of_budget(epoch):
                     break
                 self._epoch(epoch)
+                epoch += 1
         except NonFiniteLoss as exc:
             self._report_budget(final=True)
             self.hooks.on_end(RunEnd(FoldStatus.FAILED, str(exc)))
@@ -281,7 +283,10 @@ class FoldTrainer:
         if self._epoch_mark is not None:  # None at this process's first check: no epoch ran since
             plan.epoch_wall_s.append(plan.used_s - self._epoch_mark)
             plan.epoch_batches.append(self._last_batches)
+            cycles = plan.cycles
             replan(plan, epoch)
+            if plan.cycles != cycles:
+                self._report_budget(final=False)  # the longer plan, printed and its note tagged
         self._epoch_mark = plan.used_s
         if not should_stop(plan, epoch):
             return False
