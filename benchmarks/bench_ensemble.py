@@ -137,12 +137,13 @@ def report(parts: list[dict], minutes: float, recipe: str, folds: list[int]) -> 
     total = [prev[f] - first[f] for f in done]
     lines += ["", f"Final minus best single snapshot @0.5: {statistics.fmean(total):+.4f} (per fold "
               + ", ".join(f"{f}: {t:+.4f}" for f, t in zip(done, total, strict=True)) + ")", "",
-              "| fold | rules applied | seams cut | members | ensemble s | trained here | machine | commit |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| fold | rules applied | seams cut | members | ensemble s | trained here | machine | commit | conditions |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for f in done:
         p = fresh[f]
         lines.append(f"| {f} | {', '.join(p['rules']) or 'none'} | {p['seams_cut']} | {len(p['members'])} | "
-                     f"{p['ensemble_s']:.0f} | {p['trained_here']} | {p['machine']} | {p['commit']} |")
+                     f"{p['ensemble_s']:.0f} | {p['trained_here']} | {p['machine']} | {p['commit']} | "
+                     f"{p.get('conditions') or 'uncontended'} |")
     return "\n".join(lines)
 
 
