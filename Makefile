@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv test data check train cv study dashboard ensemble pseudo swa predict serve report viz ui lint bench bench-precision bench-quality bench-ensemble device-kit clean-cache
+.PHONY: venv test reliability data check train cv study dashboard ensemble pseudo swa predict serve report viz ui lint bench bench-precision bench-quality bench-ensemble device-kit clean-cache
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ venv: $(STAMP)  ## create .venv and install the pinned requirements
 
 test: $(STAMP)  ## run the whole test suite (CPU, minutes)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+RELIABILITY_OUT ?= .pytest_cache/reliability.json
+reliability: $(STAMP)  ## the bad-input and fault matrices (the tests marked reliability), then docs/RELIABILITY.md from their results
+	SALT_EXP_RELIABILITY_OUT=$(RELIABILITY_OUT) $(BIN)/python -m pytest -m reliability $(PYTEST_ARGS)
+	$(BIN)/python -m tests.reliability $(RELIABILITY_OUT) --docs docs/RELIABILITY.md
 
 $(DATA)/train.csv: | $(STAMP)
 	$(BIN)/salt-exp data synth --out $(DATA)

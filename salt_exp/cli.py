@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from salt_exp.errors import SaltError
+from salt_exp.errors import SaltError, environment_failure
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -81,6 +81,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from salt_exp.train.run import run_fold
 
     cfg = load_config(args.config, args.set)
+    if args.fold < 0:  # -1 is contract.FULL_FIT inside the library: a full-data fit comes from `cv --full-fit`
+        n = cfg.data.n_folds
+        raise SaltError(f"--fold {args.fold} is out of range: data.n_folds is {n} (valid 0..{n - 1}; a fit on every "
+                        "tile is `salt-exp cv CONFIG --full-fit`)")
     info = run_fold(cfg, args.fold, study=args.study, resume=args.resume)
     r = info.result
     print(f"run {info.run_id}: {r.status}{' (' + r.reason + ')' if r.reason else ''}; best val_map {r.best_val_map:.4f}; "
@@ -559,6 +563,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a full disk or an unreachable tracking server: one line saying what to fix
+        failure = environment_failure(exc)
+        if failure is None:
+            raise
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

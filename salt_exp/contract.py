@@ -119,6 +119,7 @@ class Tag:
     BUDGET_NOTE = "salt.budget_note"  # budgeted fold runs: why the plan differs from the config's cycles
     FULL_FIT_OF = "salt.full_fit_of"  # a full-data fit: the cv run whose fold runs set its steps and threshold
     FULL_FIT_RUN = "salt.full_fit_run"  # a cv run: its full-data fit's run id
+    ENSEMBLE_KEY = "salt.ensemble_key"  # ensemble runs: digest of members and options; a killed one is continued
     MODEL_KEY = "salt.model_key"  # logged models: how a run finds its own model again ("cycle_<c>", "ensemble")
     MODEL_LOG_SECONDS = "salt.log_seconds"  # logged models: what logging it cost (save, upload, links)
     # --- pseudo-labelling (`salt-exp pseudo`): a pseudo run's source, and the lineage of the runs trained on its labels

@@ -146,8 +146,25 @@ def _fold_disagreements(name: str, run_ids: list[str]) -> list[Finding]:
     return out
 
 
+def _unknown(name: str, storage: str | None) -> Finding | None:
+    """A study named on the command line that neither the store nor the Optuna storage holds (a typo, or another
+    store): said, instead of "no findings"."""
+    from salt_exp.study.storage import default_storage_url
+    from salt_exp.tracking import client
+
+    if client().get_experiment_by_name(C.experiment_name(name)) is not None:
+        return None
+    url = storage or default_storage_url(name)
+    if "://" in url or Path(url.removeprefix("journal:")).is_file():
+        return None  # a journal (or database) to check: journal_findings says what the store lacks
+    return Finding(name, f"no such study: the store {tracking_uri()} has no experiment {C.experiment_name(name)} and "
+                         f"there is no Optuna journal {url}")
+
+
 def doctor(study: str | None = None, storage: str | None = None) -> list[Finding]:
     """Every finding, studies in name order."""
+    if study and (unknown := _unknown(study, storage)) is not None:
+        return [unknown]
     out = []
     for name in _studies(study):
         out += journal_findings(name, storage if study else None)

@@ -1,6 +1,8 @@
 """Atomic file writes: results are written to a temporary sibling, then renamed.
 
-A crash or a validation failure therefore never leaves a half-written file behind.
+A crash or a validation failure therefore never leaves a half-written file behind. A process killed outright
+(SIGKILL, power loss) cannot remove its temporary file: the next atomic write of the same file removes the
+temporaries whose writer (named in them: pid and host) is gone.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import contextlib
 import functools
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,15 +26,45 @@ def _umask() -> int:
     return mask
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_stale_temps(dest: Path) -> list[Path]:
+    """Remove the temporary siblings of ``dest`` left by a killed writer on this host (``.<name>.<pid>@<host>.<random>
+    .tmp`` whose pid is not running); another host's, or a live writer's, are left alone. Returns what it removed."""
+    head, host, removed = f".{dest.name}.", socket.gethostname(), []
+    try:
+        siblings = [p for p in dest.parent.iterdir() if p.name.startswith(head) and p.name.endswith(".tmp")]
+    except OSError:
+        return removed
+    for p in siblings:
+        owner = p.name[len(head):-len(".tmp")].rpartition(".")[0]
+        pid, _, where = owner.partition("@")
+        if where == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched; temporaries of ``path`` left by a
+    killed writer are removed first (:func:`sweep_stale_temps`).
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    sweep_stale_temps(dest)
+    owner = f"{os.getpid()}@{socket.gethostname()}"
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{owner}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
     tmp_path = Path(tmp)

@@ -11,6 +11,11 @@ import pytest
 
 from salt_exp.data.pngio import write_image, write_mask
 from salt_exp.data.rle import rle_encode
+from tests.reliability import (  # noqa: F401 - hooks: the reliability matrices (docs/RELIABILITY.md)
+    pytest_collection_modifyitems,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+)
 
 REAL_TGS = Path(__file__).resolve().parents[1].parent / "shared" / "tgs"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

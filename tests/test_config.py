@@ -17,6 +17,7 @@ from salt_exp.config import (
     to_dict,
 )
 from salt_exp.errors import SaltError
+from tests.reliability import reliability
 
 BASE = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
 
@@ -55,6 +56,8 @@ def test_extends_is_relative_recursive_and_deep_merged(tmp_path):
     assert cfg.optim.momentum == 0.9  # untouched keys keep their defaults
 
 
+@pytest.mark.reliability("bad-input", "config file", "extends cycle",
+                         "SaltError naming the cycle of files")
 def test_extends_cycle_is_detected(tmp_path):
     write(tmp_path / "a.yaml", "extends: b.yaml\n")
     write(tmp_path / "b.yaml", "extends: a.yaml\n")
@@ -62,6 +65,8 @@ def test_extends_cycle_is_detected(tmp_path):
         load_config(tmp_path / "a.yaml")
 
 
+@pytest.mark.reliability("bad-input", "config file", "extends a missing file",
+                         "one-line SaltError naming the missing file and the file that extends it")
 def test_missing_extends_names_both_files(tmp_path):
     a = write(tmp_path / "a.yaml", "extends: nope.yaml\n")
     with pytest.raises(SaltError, match=r"nope\.yaml.*extended from .*a\.yaml"):
@@ -100,6 +105,9 @@ def test_scientific_notation_in_files_is_a_float(tmp_path):
     assert cfg.schedule.min_lr == pytest.approx(1e-5)
 
 
+@pytest.mark.reliability("bad-input", "config file", "unknown key optim.learning_rate",
+                         "one-line SaltError naming the file, 'optim.learning_rate' and every valid key of optim "
+                         "(--set bogus=1: the top-level keys)")
 def test_unknown_key_names_file_key_and_valid_keys(tmp_path):
     path = write(tmp_path / "a.yaml", "optim:\n  learning_rate: 0.1\n")
     with pytest.raises(SaltError) as info:
@@ -112,24 +120,30 @@ def test_unknown_key_names_file_key_and_valid_keys(tmp_path):
         load_config(BASE, ["bogus=1"])
 
 
+def _bad_value(override: str, pattern: str):
+    return pytest.param(override, pattern, id=override, marks=reliability(
+        "bad-input", "config file", f"--set {override}", f"one-line SaltError holding the override and {pattern!r}"))
+
+
 @pytest.mark.parametrize(
     ("override", "pattern"),
     [
-        ("seed=abc", r"'seed' expects int, got 'abc'"),
-        ("optim.batch_size=1.5", r"'optim.batch_size' expects int"),
-        ("model.scse=3", r"'model.scse' expects bool"),
-        ("model.decoder_channels=[64, x]", r"'model.decoder_channels' expects a list of int"),
-        ("augment.gamma_limit=[0.9]", r"'augment.gamma_limit' expects a list of 2 float"),
-        ("optim.lr=fast", r"'optim.lr' expects float or one of 'auto'"),
-        ("data.channels=rgb", r"'data.channels' expects one of 'raw', 'depth', 'coord', got 'rgb'"),
-        ("padding.mode=wrap", r"one of 'replicate', 'reflect', 'reflect_replicate', 'zero', 'biharmonic', 'resize'"),
-        ("optim.name=rmsprop", r"one of 'sgd', 'adam', 'adamw'"),
-        ("augment.hflip=1.5", r"'augment.hflip' must be >= 0.0 and <= 1.0, got 1.5"),
-        ("optim.lr.value=1", r"'optim.lr' is a value"),
-        ("loss.seg_terms={}", r"'loss.seg_terms' expects a mapping of str to float"),
-        ("loss.seg_terms.bce=-1", r"'loss.seg_terms' must be >= 0.0"),
-        ("optim=3", r"'optim' must be a mapping"),
-        ("novalue", r"expected 'key.sub=value'"),
+        _bad_value("seed=abc", r"'seed' expects int, got 'abc'"),
+        _bad_value("optim.batch_size=1.5", r"'optim.batch_size' expects int"),
+        _bad_value("model.scse=3", r"'model.scse' expects bool"),
+        _bad_value("model.decoder_channels=[64, x]", r"'model.decoder_channels' expects a list of int"),
+        _bad_value("augment.gamma_limit=[0.9]", r"'augment.gamma_limit' expects a list of 2 float"),
+        _bad_value("optim.lr=fast", r"'optim.lr' expects float or one of 'auto'"),
+        _bad_value("data.channels=rgb", r"'data.channels' expects one of 'raw', 'depth', 'coord', got 'rgb'"),
+        _bad_value("padding.mode=wrap",
+                   r"one of 'replicate', 'reflect', 'reflect_replicate', 'zero', 'biharmonic', 'resize'"),
+        _bad_value("optim.name=rmsprop", r"one of 'sgd', 'adam', 'adamw'"),
+        _bad_value("augment.hflip=1.5", r"'augment.hflip' must be >= 0.0 and <= 1.0, got 1.5"),
+        _bad_value("optim.lr.value=1", r"'optim.lr' is a value"),
+        _bad_value("loss.seg_terms={}", r"'loss.seg_terms' expects a mapping of str to float"),
+        _bad_value("loss.seg_terms.bce=-1", r"'loss.seg_terms' must be >= 0.0"),
+        _bad_value("optim=3", r"'optim' must be a mapping"),
+        _bad_value("novalue", r"expected 'key.sub=value'"),
     ],
 )
 def test_bad_values_raise_one_line_errors(override, pattern):
@@ -138,6 +152,8 @@ def test_bad_values_raise_one_line_errors(override, pattern):
     assert "\n" not in str(info.value) and override in str(info.value)
 
 
+@pytest.mark.reliability("bad-input", "config file", "fields that contradict each other",
+                         "SaltError naming the rule: lr auto without the LR finder, warmup not shorter than a cycle")
 def test_cross_field_rules():
     with pytest.raises(SaltError, match="lr_find.enabled is false"):
         load_config(BASE, ["lr_find.enabled=false"])
@@ -146,6 +162,8 @@ def test_cross_field_rules():
         load_config(BASE, ["schedule.warmup_epochs=50"])
 
 
+@pytest.mark.reliability("bad-input", "config file", "YAML syntax error: unclosed bracket",
+                         "SaltError naming the file and the line")
 def test_invalid_yaml_names_file_and_line(tmp_path):
     with pytest.raises(SaltError, match=r"a\.yaml: invalid YAML at line \d"):
         load_config(write(tmp_path / "a.yaml", "seed: 1\noptim: [\n"))

@@ -48,3 +48,24 @@ def test_every_documented_make_command_is_one_the_makefile_runs(doc, command):
     out = subprocess.run(["make", "-n", *words], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, f"{doc}: `{command}`: {out.stderr.strip()[-500:]}"
     assert targets, f"{doc}: `{command}` names no target"
+
+
+def test_reliability_page_lists_exactly_the_cases_the_suite_holds(tmp_path):
+    """docs/RELIABILITY.md's tables are generated from a test run (`make reliability`); a case added, renamed or
+    removed without regenerating them fails here."""
+    import json
+    import os
+    import sys
+
+    from tests.reliability import OUT_ENV, case_key, documented_cases
+
+    out = tmp_path / "cases.json"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "reliability", "-p", "no:cacheprovider"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, OUT_ENV: str(out)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    cases = {case_key(r) for r in json.loads(out.read_text())["cases"]}
+    assert len(cases) >= 10, cases
+    documented = documented_cases(ROOT / "docs" / "RELIABILITY.md")
+    missing, stale = sorted(cases - documented), sorted(documented - cases)
+    assert not missing and not stale, (f"docs/RELIABILITY.md is out of date (run `make reliability`): "
+                                       f"not listed {missing[:5]}, listed but gone {stale[:5]}")

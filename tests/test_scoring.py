@@ -7,6 +7,7 @@ import pytest
 
 from salt_exp.cli import main
 from salt_exp.data.rle import rle_decode, rle_encode
+from tests.reliability import reliability
 
 
 def naive_file_score(sub: pd.DataFrame, sol: pd.DataFrame) -> float:
@@ -87,19 +88,23 @@ def _error(tmp_path, capsys, mutate, *, fragments):
         assert frag in err, err
 
 
+@reliability("bad-input", "submission (score)", "missing id", "exit 1; one line naming the submission and the first missing id")
 def test_missing_id(tmp_path, capsys):
     _error(tmp_path, capsys, lambda s: s.iloc[1:], fragments=("submission.csv", "missing id"))
 
 
+@reliability("bad-input", "submission (score)", "extra id", "exit 1; one line naming the id that is not in the solution")
 def test_extra_id(tmp_path, capsys):
     _error(tmp_path, capsys, lambda s: pd.concat([s, pd.DataFrame({"id": ["zzz"], "rle_mask": [""]})]),
            fragments=("unexpected id zzz",))
 
 
+@reliability("bad-input", "submission (score)", "duplicate id", "exit 1; one line naming the duplicated id")
 def test_duplicate_id(tmp_path, capsys):
     _error(tmp_path, capsys, lambda s: pd.concat([s, s.iloc[[0]]]), fragments=("duplicate id",))
 
 
+@reliability("bad-input", "submission (score)", "malformed RLE: '3 x'", "exit 1; one line naming the submission and 'malformed RLE'")
 def test_malformed_rle(tmp_path, capsys):
     def bad(s):
         s = s.copy()
@@ -108,5 +113,6 @@ def test_malformed_rle(tmp_path, capsys):
     _error(tmp_path, capsys, bad, fragments=("submission.csv", "malformed RLE"))
 
 
+@reliability("bad-input", "submission (score)", "header wrong (EncodedPixels)", "exit 1; one line 'malformed CSV header'")
 def test_bad_header(tmp_path, capsys):
     _error(tmp_path, capsys, lambda s: s.rename(columns={"rle_mask": "EncodedPixels"}), fragments=("malformed CSV header",))

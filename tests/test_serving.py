@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from salt_exp.cli import main
 from salt_exp.data.rle import rle_decode
 from salt_exp.train.run import run_fold
+from tests.reliability import reliability
 from tests.test_ensemble import FAST
 from tests.test_train_run import tiny_cfg
 
@@ -149,7 +150,14 @@ def test_predict_reproduces_the_submission_byte_for_byte_from_every_uri_form(cha
     assert not np.allclose(probs, 0) and not np.allclose(probs, 1)
 
 
-@pytest.mark.parametrize("case", ["small_tile", "empty", "alias", "model", "probs_csv", "both"])
+PREDICT_CASES = {"small_tile": "tile of the wrong size", "empty": "folder without tiles",
+                 "alias": "unknown model alias", "model": "unknown registered model",
+                 "probs_csv": "--probs with a .csv output", "both": "both --images and --data"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c, marks=reliability(
+    "bad-input", "ensemble/predict input", f"salt-exp predict: {what}", "exit 1; one line naming the input and "
+    "what was expected; no output file")) for c, what in PREDICT_CASES.items()])
 def test_predict_refuses_bad_input_in_one_line(champion, tmp_path, monkeypatch, capsys, case):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", champion.uri)
     folder = tmp_path / "in"

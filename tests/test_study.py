@@ -22,6 +22,7 @@ from salt_exp.study.driver import StudyRequest, run_study
 from salt_exp.study.report import format_report, study_report
 from salt_exp.study.spec import load_study_spec
 from salt_exp.study.storage import default_storage_url, open_storage
+from tests.reliability import reliability
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SET = {"model.decoder_channels": [8, 8, 8, 8, 8], "optim.batch_size": 4, "train.max_train_batches": 1,
@@ -104,19 +105,29 @@ def test_study_runs_trials_as_parent_runs_and_records_a_failing_trial(synth_dir,
     assert "report/report.html" in logged and "wrote reports/e2e/report.html" in capsys.readouterr().out
 
 
+def _bad(fields: dict, needle: str, case: str | None = None):
+    """A study-file mistake; ``case``: its row in the bad-input matrix (the others have theirs in test_study_spec)."""
+    marks = reliability("bad-input", "study file", case, f"one-line SaltError naming the file and {needle!r}") \
+        if case else ()
+    return pytest.param(fields, needle, marks=marks, id=case or needle)
+
+
 BAD_FILES = [
-    ({"sapce": SPACE}, "unknown key 'sapce'; valid keys at top level: base, set, space"),
-    ({"space": {"optim.lrr": {"type": "float", "low": 0.1, "high": 0.2}}}, "space.optim.lrr"),
-    ({"space": {"optim.lr": {"type": "uniform", "low": 0.1, "high": 0.2}}}, "space.optim.lr.type"),
-    ({"space": {"optim.lr": {"type": "float", "low": 0.1}}}, "space.optim.lr.high"),
-    ({"space": {"padding.mode": {"type": "categorical", "choices": ["replicate", "mirror"]}}}, "space.padding.mode"),
-    ({"enqueue": [{"optim.momentum": 0.5}]}, "enqueue[0].optim.momentum"),
-    ({"sampler": {"type": "cmaes"}}, "sampler.type"),
-    ({"pruner": {"type": "median", "patience": 3}}, "pruner.patience"),
-    ({"folds": [0, 7]}, "'folds'"),
-    ({"set": {"optim.nme": "sgd"}}, "optim.nme"),
-    ({"ensemble": {"report": "yes"}}, "ensemble.report"),
-    ({"ensemble": {"reprot": True}}, "reprot"),
+    _bad({"sapce": SPACE}, "unknown key 'sapce'; valid keys at top level: base, set, space", "misspelled top-level key"),
+    _bad({"space": {"optim.lrr": {"type": "float", "low": 0.1, "high": 0.2}}}, "space.optim.lrr",
+         "space key that is not a config key"),
+    _bad({"space": {"optim.lr": {"type": "uniform", "low": 0.1, "high": 0.2}}}, "space.optim.lr.type",
+         "unknown space type"),
+    _bad({"space": {"optim.lr": {"type": "float", "low": 0.1}}}, "space.optim.lr.high", "float space without high"),
+    _bad({"space": {"padding.mode": {"type": "categorical", "choices": ["replicate", "mirror"]}}}, "space.padding.mode",
+         "categorical choice the config refuses"),
+    _bad({"enqueue": [{"optim.momentum": 0.5}]}, "enqueue[0].optim.momentum"),
+    _bad({"sampler": {"type": "cmaes"}}, "sampler.type"),
+    _bad({"pruner": {"type": "median", "patience": 3}}, "pruner.patience"),
+    _bad({"folds": [0, 7]}, "'folds'", "fold out of range"),
+    _bad({"set": {"optim.nme": "sgd"}}, "optim.nme", "unknown config key in set"),
+    _bad({"ensemble": {"report": "yes"}}, "ensemble.report", "wrong type: ensemble report"),
+    _bad({"ensemble": {"reprot": True}}, "reprot"),
 ]
 
 
@@ -148,6 +159,9 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
 
 
 @pytest.mark.slow
+@reliability("fault", "study", "SIGKILL of the study driver mid-trial (a fold run's first epoch saved)",
+             "rerun of the same `salt-exp study`: the killed trial FAIL, resumed as one COMPLETE trial with its params "
+             "and MLflow trial number; one trial run, one run per fold, each snapshot registered once")
 def test_sigkill_mid_trial_then_rerun_resumes_without_duplicates(synth_dir, mlflow_store, tmp_path):
     path = write_study(tmp_path, "kill", synth_dir, n_trials=1, folds=[0, 1],
                        set={"schedule.cycle_epochs": 2, "train.max_train_batches": 2})

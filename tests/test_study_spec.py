@@ -9,6 +9,7 @@ import pytest
 from salt_exp.ensemble.options import EnsembleOptions, ensemble_options
 from salt_exp.errors import SaltError
 from salt_exp.study.spec import load_study_spec
+from tests.reliability import reliability
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 SPACE = "space:\n  optim.lr: {type: float, low: 1e-3, high: 1e-1, log: true}\n"
@@ -37,40 +38,54 @@ def test_scientific_notation_in_set_space_and_enqueue_is_a_float(tmp_path):
     assert cfg.schedule.min_lr == pytest.approx(1e-5)
 
 
+def _mistake(case: str, text: str, space: str, message: str):
+    return pytest.param(text, space, message, id=case, marks=reliability(
+        "bad-input", "study file", case, "SaltError, exactly '<file>: <message>': one line naming the file, the dotted "
+        "key and the valid keys or the expected type"))
+
+
 @pytest.mark.parametrize(
     ("text", "space", "message"),
     [
-        ("sampler: {type: tpe, sed: 1}\n", SPACE,
-         "unknown key 'sampler.sed'; valid keys in 'sampler': type, seed, n_startup_trials, multivariate"),
-        ("sampler: {type: random, n_startup_trials: 2}\n", SPACE,
-         "unknown key 'sampler.n_startup_trials'; valid keys in 'sampler': type, seed"),
-        ("pruner: {type: hyperband, min_resorce: 1}\n", SPACE,
-         "unknown key 'pruner.min_resorce'; valid keys in 'pruner': type, min_resource, max_resource, reduction_factor"),
-        ("pruner: {n_warmup_step: 1}\n", SPACE,  # no type: the default pruner's keys
-         "unknown key 'pruner.n_warmup_step'; valid keys in 'pruner': type, n_startup_trials, n_warmup_steps, "
-         "interval_steps"),
-        ("", "space:\n  optim.lr: {type: float, low: 0.1, hihg: 0.2}\n",
-         "unknown key 'space.optim.lr.hihg'; valid keys in 'space.optim.lr': type, low, high, log, step"),
-        ("", "space:\n  model.encoder: {type: categorical, choice: [a]}\n",
-         "unknown key 'space.model.encoder.choice'; valid keys in 'space.model.encoder': type, choices"),
-        ("ensemble: {top_cycle: 1}\n", SPACE,
-         "unknown key 'ensemble.top_cycle'; valid keys in 'ensemble': top_cycles, selection, threshold, postprocess, "
-         "report, full_fit, swa, oof_tta, test_context, seam_max_cost"),
-        ("n_trials: ten\n", SPACE, "'n_trials' expects int, got 'ten'"),
-        ("timeout: soon\n", SPACE, "'timeout' expects float or null, got 'soon'"),
-        ("pruner: {type: median, n_warmup_steps: -1}\n", SPACE, "'pruner.n_warmup_steps' must be >= 0, got -1"),
-        ("sampler: cmaes\n", SPACE, "'sampler.type' expects one of 'tpe', 'random', 'grid', got 'cmaes'"),
-        ("", "space:\n  optim.lr: {low: 0.1, high: 0.2}\n",
-         "'space.optim.lr.type' expects one of 'float', 'int', 'categorical', got None"),
-        ("", "space:\n  schedule.cycles: {type: int, low: 1.5, high: 3}\n",
-         "'space.schedule.cycles.low' expects int, got 1.5"),
-        ("enqueue: [{optim.lr: fast}]\n", SPACE, "'enqueue[0].optim.lr' expects float, got 'fast'"),
-        ("enqueue: [{optim.momentum: 0.5}]\n", SPACE,
-         "unknown key 'enqueue[0].optim.momentum'; valid keys in 'enqueue[0]': optim.lr"),
-        ("ensemble: {top_cycles: 0}\n", SPACE, "'ensemble.top_cycles' must be >= 1, got 0"),
-        ("ensemble: {threshold: best}\n", SPACE, "'ensemble.threshold' expects float or one of 'search', got 'best'"),
-        ("folds: [0, 0]\n", SPACE, "'folds' must be a non-empty list of distinct fold numbers, got [0, 0]"),
-        ("", "", "'space' is required"),
+        _mistake("unknown sampler key", "sampler: {type: tpe, sed: 1}\n", SPACE,
+                 "unknown key 'sampler.sed'; valid keys in 'sampler': type, seed, n_startup_trials, multivariate"),
+        _mistake("a key of another sampler type", "sampler: {type: random, n_startup_trials: 2}\n", SPACE,
+                 "unknown key 'sampler.n_startup_trials'; valid keys in 'sampler': type, seed"),
+        _mistake("unknown pruner key", "pruner: {type: hyperband, min_resorce: 1}\n", SPACE,
+                 "unknown key 'pruner.min_resorce'; valid keys in 'pruner': type, min_resource, max_resource, "
+                 "reduction_factor"),
+        _mistake("unknown pruner key without a type", "pruner: {n_warmup_step: 1}\n", SPACE,  # the default's keys
+                 "unknown key 'pruner.n_warmup_step'; valid keys in 'pruner': type, n_startup_trials, n_warmup_steps, "
+                 "interval_steps"),
+        _mistake("unknown key in a float space", "", "space:\n  optim.lr: {type: float, low: 0.1, hihg: 0.2}\n",
+                 "unknown key 'space.optim.lr.hihg'; valid keys in 'space.optim.lr': type, low, high, log, step"),
+        _mistake("unknown key in a categorical space", "",
+                 "space:\n  model.encoder: {type: categorical, choice: [a]}\n",
+                 "unknown key 'space.model.encoder.choice'; valid keys in 'space.model.encoder': type, choices"),
+        _mistake("unknown ensemble key", "ensemble: {top_cycle: 1}\n", SPACE,
+                 "unknown key 'ensemble.top_cycle'; valid keys in 'ensemble': top_cycles, selection, threshold, "
+                 "postprocess, report, full_fit, swa, oof_tta, test_context, seam_max_cost"),
+        _mistake("wrong type: n_trials", "n_trials: ten\n", SPACE, "'n_trials' expects int, got 'ten'"),
+        _mistake("wrong type: timeout", "timeout: soon\n", SPACE, "'timeout' expects float or null, got 'soon'"),
+        _mistake("out-of-range pruner value", "pruner: {type: median, n_warmup_steps: -1}\n", SPACE,
+                 "'pruner.n_warmup_steps' must be >= 0, got -1"),
+        _mistake("unknown sampler type", "sampler: cmaes\n", SPACE,
+                 "'sampler.type' expects one of 'tpe', 'random', 'grid', got 'cmaes'"),
+        _mistake("space entry without a type", "", "space:\n  optim.lr: {low: 0.1, high: 0.2}\n",
+                 "'space.optim.lr.type' expects one of 'float', 'int', 'categorical', got None"),
+        _mistake("int space with a float bound", "", "space:\n  schedule.cycles: {type: int, low: 1.5, high: 3}\n",
+                 "'space.schedule.cycles.low' expects int, got 1.5"),
+        _mistake("enqueued value of the wrong type", "enqueue: [{optim.lr: fast}]\n", SPACE,
+                 "'enqueue[0].optim.lr' expects float, got 'fast'"),
+        _mistake("enqueued key not in the space", "enqueue: [{optim.momentum: 0.5}]\n", SPACE,
+                 "unknown key 'enqueue[0].optim.momentum'; valid keys in 'enqueue[0]': optim.lr"),
+        _mistake("out-of-range ensemble value", "ensemble: {top_cycles: 0}\n", SPACE,
+                 "'ensemble.top_cycles' must be >= 1, got 0"),
+        _mistake("wrong type: ensemble threshold", "ensemble: {threshold: best}\n", SPACE,
+                 "'ensemble.threshold' expects float or one of 'search', got 'best'"),
+        _mistake("repeated fold", "folds: [0, 0]\n", SPACE,
+                 "'folds' must be a non-empty list of distinct fold numbers, got [0, 0]"),
+        _mistake("no space", "", "", "'space' is required"),
     ],
 )
 def test_study_file_mistakes_read_like_config_mistakes(tmp_path, text, space, message):
@@ -80,6 +95,7 @@ def test_study_file_mistakes_read_like_config_mistakes(tmp_path, text, space, me
     assert str(err.value) == f"{path}: {message}"
 
 
+@pytest.mark.reliability("bad-input", "study file", "YAML syntax error", "SaltError naming the file and the line")
 def test_invalid_yaml_names_the_line(tmp_path):
     with pytest.raises(SaltError, match=r"s\.yaml: invalid YAML at line \d"):
         load_study_spec(study(tmp_path, "folds: [\n"))
@@ -92,7 +108,9 @@ def test_sampler_and_pruner_keep_only_the_keys_the_file_sets(tmp_path):
     assert (spec.sampler, spec.pruner) == ({"type": "tpe", "seed": 3}, {"type": "none"})
     spec = load_study_spec(study(tmp_path, "sampler: null\npruner: {type: hyperband, max_resource: auto}\n"))
     assert (spec.sampler, spec.pruner) == ({"type": "tpe"}, {"type": "hyperband", "max_resource": "auto"})
-    spec = load_study_spec(study(tmp_path, "set: {}\nenqueue: []\n"))
+    path = tmp_path / "empty_set.yaml"  # its own file: study() writes a set: line, and a key may not appear twice
+    path.write_text(f"base: {TINY}\nset: {{}}\nenqueue: []\n{SPACE}", encoding="utf-8")
+    spec = load_study_spec(path)
     assert spec.overrides == () and spec.enqueue == ()
 
 

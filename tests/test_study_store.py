@@ -15,6 +15,7 @@ from salt_exp.pipeline import check_before_ensemble
 from salt_exp.study.consistency import IGNORED_ATTR, NEW_ATTR
 from salt_exp.study.driver import StudyRequest
 from salt_exp.study.storage import open_storage, study_uid
+from tests.reliability import reliability
 from tests.test_study import write_study
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -25,6 +26,9 @@ def _study(journal) -> optuna.Study:
 
 
 @pytest.mark.slow
+@reliability("fault", "study and store", "a fresh MLflow store under an old journal (MLFLOW_TRACKING_URI changed)",
+             "the rerun stops in one line naming both stores, the trials and --new, and runs nothing; --ignore-missing "
+             "goes on and records it; --new sets the journal aside and starts a new study")
 def test_a_fresh_store_under_an_old_journal_stops_in_one_line_then_new_or_ignore(synth_dir, mlflow_store, tmp_path,
                                                                                  monkeypatch, capsys):
     path, journal = write_study(tmp_path, "sync", synth_dir, n_trials=1), tmp_path / "sync.journal"
@@ -55,6 +59,9 @@ def test_a_fresh_store_under_an_old_journal_stops_in_one_line_then_new_or_ignore
 
 
 @pytest.mark.slow
+@reliability("fault", "study and store", "a journal restored from a backup (the store holds trials it lacks)",
+             "the rerun stops in one line naming the journal and the trials; before an ensemble, a COMPLETE trial "
+             "without registered snapshots stops in one line unless --ignore-missing")
 def test_a_journal_restored_from_a_backup_is_told_about_the_runs_it_lacks(synth_dir, mlflow_store, tmp_path, capsys):
     path, journal = write_study(tmp_path, "sync", synth_dir, n_trials=1), tmp_path / "sync.journal"
     args = ["study", str(path), "--storage", str(journal)]
@@ -82,6 +89,9 @@ def test_a_journal_restored_from_a_backup_is_told_about_the_runs_it_lacks(synth_
 
 
 @pytest.mark.slow
+@reliability("fault", "study and store", "doctor: a version's model folder deleted, a fresh store under the journal",
+             "one line per finding (the version and that its folder is gone; the trials with no runs), exit 1; "
+             "\"no findings\" and exit 0 before")
 def test_doctor_finds_the_mismatch_and_what_the_artifact_root_lost(synth_dir, mlflow_store, tmp_path, monkeypatch,
                                                                    capsys):
     path, journal = write_study(tmp_path, "sync", synth_dir, n_trials=1), tmp_path / "sync.journal"

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from salt_exp.config import load_config
 from salt_exp.metrics import BIN_NAMES, image_scores
 from salt_exp.train.run import run_fold
+from tests.reliability import reliability
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = [
@@ -120,6 +121,9 @@ def _cli(args: list[str], env: dict) -> subprocess.Popen:
 
 
 @pytest.mark.slow
+@reliability("fault", "fold run", "SIGKILL mid-epoch (cycle 0's snapshot registered, cycle 1 training)",
+             "`salt-exp train --resume` continues the same run (one run) to the contract of an uninterrupted run: "
+             "every metric step once, each cycle's logged model and version once")
 def test_sigkill_mid_epoch_then_resume(synth_dir, mlflow_store, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     args = ["train", str(CONFIGS / "tiny.yaml"), "--fold", "0", "--study", "kill", "--set", f"data.root={synth_dir}",
@@ -153,6 +157,9 @@ class Crash(Exception):
     """Stands for the process dying at one exact point of a contract write."""
 
 
+@reliability("fault", "fold run", "crash (an exception) while a snapshot's weights upload, after its bin table",
+             "the half-uploaded logged model is marked FAILED and never registered; the resumed run leaves one copy "
+             "of every table row, metric step, logged model and version")
 def test_crash_between_bins_table_and_snapshot_upload_then_resume(synth_dir, mlflow_store, monkeypatch):
     """Every write the contract owns is replay-safe: the snapshot's coverage-bin table is written, then the
     run dies while its weights upload to the logged model; the resumed run leaves one copy of every row,

@@ -30,7 +30,20 @@ from salt_exp.errors import SaltError
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-4`` as a float (PyYAML's YAML 1.1 rules read it as a string)."""
+    """SafeLoader that also reads ``1e-4`` as a float (PyYAML's YAML 1.1 rules read it as a string) and refuses a
+    key given twice in one mapping (PyYAML would keep the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base' keys may be overridden, as YAML says
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -191,10 +204,12 @@ _BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.
 
 
 def _check_bounds(value: Any, bounds: Mapping[str, float], key: str, where: str) -> None:
+    rule = " and ".join(f"{_BOUNDS[n][1]} {b}" for n, b in bounds.items())
     for x in _numbers(value):
+        if bounds and not math.isfinite(x):  # .inf passes a lower bound, .nan every comparison
+            raise SaltError(f"{where}: '{key}' must be a finite number {rule}, got {value!r}")
         for name, bound in bounds.items():
-            if math.isnan(x) or not _BOUNDS[name][0](x, bound):
-                rule = " and ".join(f"{_BOUNDS[n][1]} {b}" for n, b in bounds.items())
+            if not _BOUNDS[name][0](x, bound):
                 raise SaltError(f"{where}: '{key}' must be {rule}, got {value!r}")
 
 

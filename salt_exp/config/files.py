@@ -30,9 +30,21 @@ from salt_exp.config.schema import ExperimentConfig, check_consistency
 from salt_exp.errors import SaltError
 
 
-def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
-    """The YAML file ``path`` (``1e-4`` a float) as a dict, ``{}`` if empty; ``what`` names the kind of file."""
-    raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+def read_yaml_mapping(path: Path, what: str, *, allow_empty: bool = True) -> dict[str, Any]:
+    """The YAML file ``path`` (``1e-4`` a float) as a dict, ``{}`` if empty (SaltError unless ``allow_empty``);
+    ``what`` names the kind of file."""
+    if path.is_dir():
+        raise SaltError(f"{path}: is a folder (expected a {what} file, YAML)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SaltError(f"{path}: not a {what} file (expected UTF-8 YAML text, byte {exc.start} is not UTF-8)") \
+            from None
+    except OSError as exc:
+        raise SaltError(f"{path}: unreadable {what} file ({exc.strerror or exc})") from None
+    raw = parse_yaml(text, str(path))
+    if raw is None and not allow_empty:
+        raise SaltError(f"{path}: the {what} file is empty (expected a mapping of keys, e.g. 'extends: base.yaml')")
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
         raise SaltError(f"{path}: a {what} file must be a mapping of keys, got {type(raw).__name__}")
@@ -40,13 +52,14 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
 
 
 def _load_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
-    path = path.resolve()
+    given, path = path, path.resolve()
     if path in chain:
         raise SaltError(f"config 'extends' cycle: {' -> '.join(str(p) for p in (*chain, path))}")
-    if not path.is_file():
+    if not path.exists():
         via = f" (extended from {chain[-1]})" if chain else ""
-        raise SaltError(f"config file not found: {path}{via}")
-    raw = read_yaml_mapping(path, "config")
+        link = f" (a broken link to {path})" if given.is_symlink() else ""
+        raise SaltError(f"config file not found: {given if link else path}{link}{via}")
+    raw = read_yaml_mapping(path, "config", allow_empty=False)
     parent = raw.pop("extends", None)
     checked = check_mapping(raw, ExperimentConfig, str(path))
     if parent is None:

@@ -41,9 +41,18 @@ def fingerprint(root: str | Path) -> str:
         folder = root / sub
         if folder.is_dir():
             with os.scandir(folder) as it:
-                entries = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in it)
+                entries = sorted(_entry(e) for e in it)
             h.update(f"|{sub}:{entries}".encode())
     return h.hexdigest()[:20]
+
+
+def _entry(e: os.DirEntry) -> tuple[str, int, int]:
+    """(name, size, mtime) of a folder entry; a broken link counts as its own (the reader reports the file)."""
+    try:
+        st = e.stat()
+    except OSError:
+        st = e.stat(follow_symlinks=False)
+    return e.name, st.st_size, st.st_mtime_ns
 
 
 def _path(root: str | Path) -> tuple[Path, str]:

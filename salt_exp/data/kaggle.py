@@ -118,6 +118,8 @@ def _read_train(root: Path, depths: dict[str, float], problems: list[str]) -> Ti
     for sub in ("train", "train/images", "train/masks"):
         _require(root / sub, "folder")
     df = read_table(root / "train.csv", "train.csv")
+    if df.empty:
+        raise SaltError(f"{root / 'train.csv'}: no rows (expected one id,rle_mask row per training tile)")
     problems.extend(f"{root / 'train.csv'}: duplicate id {i}" for i in duplicated_ids(df))
     ids = df["id"].tolist()
     _ids_with_files(ids, root / "train/images", "train.csv", problems)
@@ -169,7 +171,8 @@ def scan_kaggle(root: str | Path) -> tuple[KaggleData, list[str]]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise SaltError(f"{root}: data folder not found (expected the Kaggle TGS layout)")
+        what = "is a file, not a data folder" if root.exists() else "data folder not found"
+        raise SaltError(f"{root}: {what} (expected the Kaggle TGS layout)")
     problems: list[str] = []
     depths = _read_depths(root, problems)
     train = _read_train(root, depths, problems)

@@ -8,12 +8,23 @@ names the file.
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 TILE = 101
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@functools.cache
+def _quiet_opencv() -> None:
+    """A broken PNG is our one-line problem, not also OpenCV's log lines (once, at the first read: nothing happens at
+    import); ``OPENCV_LOG_LEVEL`` set by the user wins."""
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 class TileProblem(ValueError):
@@ -21,13 +32,29 @@ class TileProblem(ValueError):
 
 
 def _read(path: Path) -> np.ndarray:
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
-    if data is None:
+    _quiet_opencv()
+    if not path.is_file():
         raise TileProblem(f"{path}: file not found")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise TileProblem(f"{path}: unreadable ({exc.strerror or exc})") from None
+    if data[:8].tobytes() != PNG_SIGNATURE:  # cv2 would also decode a JPEG or BMP under a .png name
+        raise TileProblem(f"{path}: unreadable or corrupt PNG (the file does not start with the PNG signature)")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise TileProblem(f"{path}: unreadable or corrupt PNG")
     return img
+
+
+def _one_plane(path: Path, arr: np.ndarray, what: str) -> np.ndarray:
+    """A (H, W) plane of a grayscale file: RGB(A) files must hold three equal channels (alpha ignored)."""
+    if arr.ndim == 2:
+        return arr
+    rgb = arr[:, :, :3]
+    if rgb.shape[2] > 1 and not all(np.array_equal(rgb[:, :, 0], rgb[:, :, c]) for c in range(1, rgb.shape[2])):
+        raise TileProblem(f"{path}: expected a grayscale {what} (RGB with three equal channels), channels differ")
+    return rgb[:, :, 0]
 
 
 def _check_size(path: Path, arr: np.ndarray, size: int) -> None:
@@ -42,13 +69,7 @@ def read_image(path: str | Path, size: int = TILE) -> np.ndarray:
     _check_size(path, img, size)
     if img.dtype != np.uint8:
         raise TileProblem(f"{path}: expected an 8-bit image, got {img.dtype}")
-    if img.ndim == 3:
-        if img.shape[2] == 4:
-            img = img[:, :, :3]
-        if not (np.array_equal(img[:, :, 0], img[:, :, 1]) and np.array_equal(img[:, :, 0], img[:, :, 2])):
-            raise TileProblem(f"{path}: expected a grayscale tile (RGB with three equal channels), channels differ")
-        img = img[:, :, 0]
-    return np.ascontiguousarray(img)
+    return np.ascontiguousarray(_one_plane(path, img, "tile"))
 
 
 def read_mask(path: str | Path, size: int = TILE) -> np.ndarray:
@@ -60,8 +81,7 @@ def read_mask(path: str | Path, size: int = TILE) -> np.ndarray:
     path = Path(path)
     mask = _read(path)
     _check_size(path, mask, size)
-    if mask.ndim == 3:
-        mask = mask[:, :, 0]
+    mask = _one_plane(path, mask, "mask")
     top = np.iinfo(mask.dtype).max if mask.dtype.kind == "u" else 1
     values = np.unique(mask)
     if not (set(values.tolist()) <= {0, top} or set(values.tolist()) <= {0, 1}):

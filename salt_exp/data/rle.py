@@ -40,16 +40,22 @@ def rle_decode(rle: str | float | None, shape: tuple[int, int] = (101, 101), *, 
         return out.reshape(width, height).T
     try:
         values = np.array(text.split(), dtype=np.int64)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an integer beyond int64
         raise SaltError(f"{where}: malformed RLE (expected integers 'start length ...'), got {text[:40]!r}") from None
     if len(values) % 2:
         raise SaltError(f"{where}: malformed RLE, odd number of values ({len(values)})")
-    starts, lengths = values[0::2] - 1, values[1::2]
+    starts, lengths, pixels = values[0::2] - 1, values[1::2], height * width
+    # compared without adding start + length first: int64 sums of huge values wrap around
+    bad = np.flatnonzero((starts < 0) | (starts >= pixels) | (lengths <= 0) | (lengths > pixels - starts))
+    if len(bad):
+        raise SaltError(f"{where}: malformed RLE, runs must be 1-indexed with positive lengths within {height}x{width} "
+                        f"({pixels} pixels), got run '{values[2 * bad[0]]} {lengths[bad[0]]}'")
     ends = starts + lengths
-    if (starts < 0).any() or (lengths <= 0).any() or (ends > height * width).any():
-        raise SaltError(f"{where}: malformed RLE, runs must be 1-indexed with positive lengths within {height}x{width}")
-    if (starts[1:] < ends[:-1]).any():
-        raise SaltError(f"{where}: malformed RLE, runs must be sorted and non-overlapping")
+    bad = np.flatnonzero(starts[1:] < ends[:-1])
+    if len(bad):
+        k = bad[0]
+        raise SaltError(f"{where}: malformed RLE, runs must be sorted and non-overlapping, got run "
+                        f"'{values[2 * k + 2]} {lengths[k + 1]}' after '{values[2 * k]} {lengths[k]}'")
     for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
         out[s:e] = 1
     return out.reshape(width, height).T

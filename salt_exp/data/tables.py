@@ -29,13 +29,15 @@ def read_table(path: str | Path, kind: str) -> pd.DataFrame:
     """
     path = Path(path)
     required, optional = SCHEMAS[kind]
+    if path.is_dir():
+        raise SaltError(f"{path}: is a folder (expected a CSV file with columns {','.join(required)})")
     if not path.is_file():
         raise SaltError(f"{path}: file not found (expected a CSV with columns {','.join(required)})")
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
+    try:  # utf-8-sig: a UTF-8 byte-order mark (spreadsheet exports) is read as if absent; CRLF rows read as LF
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             header = next(csv.reader(fh), [])
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise SaltError(f"{path}: not a readable CSV ({exc})") from None
+    except (UnicodeDecodeError, csv.Error, OSError) as exc:
+        raise SaltError(f"{path}: not a readable CSV ({' '.join(str(exc).split())})") from None
     header = [h.strip() for h in header]
     allowed = set(required) | set(optional)
     if [h for h in header if h in required] != list(required) or set(header) - allowed:
@@ -44,9 +46,9 @@ def read_table(path: str | Path, kind: str) -> pd.DataFrame:
             + (f" (optionally {','.join(optional)})" if optional else "")
         )
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except (pd.errors.ParserError, ValueError) as exc:
-        raise SaltError(f"{path}: malformed CSV ({str(exc).splitlines()[0]})") from None
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, ValueError, OSError) as exc:
+        raise SaltError(f"{path}: malformed CSV ({' '.join(str(exc).split()) or type(exc).__name__})") from None
     df.columns = [c.strip() for c in df.columns]
     for col in df.columns:
         df[col] = df[col].str.strip()
@@ -60,13 +62,14 @@ def duplicated_ids(df: pd.DataFrame) -> list[str]:
 
 
 def numeric_column(df: pd.DataFrame, col: str, path: str | Path, *, integer: bool = False) -> np.ndarray:
-    """A column parsed as numbers; SaltError naming the file, column and first bad row otherwise."""
+    """A finite number per row; SaltError naming the file, column and first bad row otherwise."""
     values = pd.to_numeric(df[col], errors="coerce")
-    bad = values.isna() | (values != values.round() if integer else False)
+    numbers = values.to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(numbers) | ((numbers != np.round(numbers)) if integer else False)
     if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
+        row = int(np.flatnonzero(bad)[0])
         raise SaltError(
-            f"{path}: column {col} must be {'an integer' if integer else 'a number'}, "
+            f"{path}: column {col} must be {'an integer' if integer else 'a finite number'}, "
             f"got {df[col].iloc[row]!r} for id={df['id'].iloc[row]}"
         )
     return values.to_numpy(dtype=np.int64 if integer else np.float32)

@@ -29,6 +29,7 @@ from salt_exp.ensemble.predict import group_predictors
 from salt_exp.ensemble.select import Member, select_full_fits, select_members
 from salt_exp.ensemble.waterfall import Waterfall
 from salt_exp.errors import SaltError
+from salt_exp.faults import fault_point
 from salt_exp.io import atomic_open
 from salt_exp.metrics import image_scores
 from salt_exp.serving.predictor import EnsemblePredictor, KnownTiles
@@ -121,10 +122,15 @@ def _data_for(spec: EnsembleSpec, selection: dict[int, list[Member]]) -> KaggleD
 
 
 def write_submission(path: Path, ids: Sequence[str], masks: np.ndarray) -> Path:
-    """The Kaggle submission (id,rle_mask), written atomically."""
+    """The Kaggle submission (id,rle_mask), written atomically: to a temporary sibling, renamed when complete, so a
+    killed process never leaves a half-written ``submissions/<study>.csv`` (fault point ``submission.half_written``)."""
     frame = pd.DataFrame({"id": list(ids), "rle_mask": [rle_encode(m) for m in masks]})
+    half = len(frame) // 2
     with atomic_open(path, "w", newline="") as fh:
-        frame.to_csv(fh, index=False)
+        frame.iloc[:half].to_csv(fh, index=False)
+        fh.flush()
+        fault_point("submission.half_written")
+        frame.iloc[half:].to_csv(fh, index=False, header=False)
     return path
 
 

@@ -1,15 +1,24 @@
 """Logs an ensemble to MLflow (its run, and its logged pyfunc model) and registers it (alias ``champion``) with its
-members pinned."""
+members pinned.
+
+Replay-safe like a fold run: the run is tagged with a digest of its params (members, options, data); a rerun of a
+``salt-exp ensemble`` that was killed after its run started continues that unfinished run, so the store ends with
+one ensemble run, one logged model and one version, as after an uninterrupted command. A finished ensemble is never
+continued: building it again is a new run and version."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from salt_exp import contract as C
-from salt_exp.contract import EnsembleOOF, EnsembleVersion, RunStatus
+from salt_exp.contract import EnsembleOOF, EnsembleVersion, Role, RunStatus, Tag
 from salt_exp.ensemble.build import EnsembleResult, EnsembleSpec
 from salt_exp.scoring import score_files
 from salt_exp.tracking import RunTracker, set_model_alias, temp_dir
@@ -106,27 +115,45 @@ def _log_model(tracker: RunTracker, spec: EnsembleSpec, result: EnsembleResult) 
                                 model_type=C.ENSEMBLE_MODEL_TYPE, params=params, tags={C.Tag.STUDY: spec.study})
 
 
+def _tracker(study: str, params: Mapping[str, Any]) -> RunTracker:
+    """The unfinished ensemble run of these params (a killed command's), continued; else a new run."""
+    from salt_exp.tracking import find_runs
+
+    key = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    found = find_runs(C.experiment_name(study),
+                      f"tags.`{Tag.ROLE}` = '{Role.ENSEMBLE.value}' and tags.`{Tag.ENSEMBLE_KEY}` = '{key}'")
+    for run in found:
+        if run.status != RunStatus.FINISHED:
+            print(f"[ensemble] continuing the unfinished ensemble run {run.run_id} ({run.status}: the same members "
+                  "and options, a command that did not finish)", flush=True)
+            return RunTracker.resume(run.run_id)
+    return RunTracker.start(C.experiment_name(study), "ensemble", {**C.ensemble_run_tags(study), Tag.ENSEMBLE_KEY: key})
+
+
 def log_ensemble(spec: EnsembleSpec, result: EnsembleResult, data_root: Path) -> LoggedEnsemble:
     """One ensemble run in ``salt/<study>``, registered as the champion version of ``salt-<study>-ensemble``: a
     logged pyfunc model (``mlflow.pyfunc.load_model("models:/salt-<study>-ensemble@champion")``)."""
     from salt_exp.tracking.models import log_model_metrics
 
     members = [m for ms in result.selection.values() for m in ms] + result.full_fit
-    tracker = RunTracker.start(C.experiment_name(spec.study), "ensemble", C.ensemble_run_tags(spec.study))
-    tracker.log_params({"models": ",".join(spec.models), "top_k": spec.top_k, "threshold": spec.threshold,
-                        "postprocess": spec.postprocess, "rules_applied": ",".join(result.rules) or "none",
-                        "selection": spec.options.selection,
-                        "left_out": ",".join(m.key for m in result.left_out) or "none",
-                        "full_fit": spec.options.full_fit, "swa": spec.options.swa, "oof_tta": spec.options.oof_tta,
-                        "test_context": spec.options.test_context, "seam_max_cost": spec.options.seam_max_cost,
-                        "seams_cut": result.broken_seams,
-                        "full_fit_members": ",".join(m.key for m in result.full_fit) or "none",
-                        "data_root": str(data_root), "members": ",".join(m.key for m in members)})
+    params = {"models": ",".join(spec.models), "top_k": spec.top_k, "threshold": spec.threshold,
+              "postprocess": spec.postprocess, "rules_applied": ",".join(result.rules) or "none",
+              "selection": spec.options.selection,
+              "left_out": ",".join(m.key for m in result.left_out) or "none",
+              "full_fit": spec.options.full_fit, "swa": spec.options.swa, "oof_tta": spec.options.oof_tta,
+              "test_context": spec.options.test_context, "seam_max_cost": spec.options.seam_max_cost,
+              "seams_cut": result.broken_seams,
+              "full_fit_members": ",".join(m.key for m in result.full_fit) or "none",
+              "data_root": str(data_root), "members": ",".join(m.key for m in members)}
+    tracker = _tracker(spec.study, params)
+    tracker.log_params(params)
     solution = data_root / "solution.csv"
     lb = score_files(result.submission, solution) if result.submission and solution.exists() else {}
     _log_artifacts(tracker, result)
     model_id = _log_model(tracker, spec, result)
-    log_model_metrics(tracker.run_id, model_id, _metrics(result, lb), 0)  # the run's metrics, shown on the model page
+    held = tracker.client.get_run(tracker.run_id).data.metrics  # a continued run logged some already: once each
+    fresh = {k: v for k, v in _metrics(result, lb).items() if k not in held}
+    log_model_metrics(tracker.run_id, model_id, fresh, 0)  # the run's metrics, shown on the model page
     model = C.ensemble_model(spec.study)
     record = EnsembleVersion(model=model, study=spec.study, ensemble_run=tracker.run_id,
                              members=tuple(m.key for m in members), oof_map=result.oof.score, rules=tuple(result.rules))

@@ -3,9 +3,11 @@
 One worker is a loop: requeue stale trials, stop when the budget (``n_trials`` counted over the
 whole study, all workers and invocations) is used or the timeout passed, ask, run, tell. An error
 in a trial is recorded (Optuna FAIL + a failure attribute, the trial run's status FAIL) and the loop goes
-on; Ctrl-C or SIGTERM requeues the running trial and stops. ``--workers N`` runs N spawned worker
-processes against the same storage; with the SQLite MLflow store a local ``mlflow server`` is the
-one writer and the workers talk to it over HTTP.
+on; Ctrl-C or SIGTERM requeues the running trial and stops. A failure of the machine rather than of the
+trial (a full disk, an MLflow server that does not answer: ``errors.StoreUnavailable``) requeues the trial too
+and stops the worker with one line saying what to fix. ``--workers N`` runs N spawned worker processes against
+the same storage; with the SQLite MLflow store a local ``mlflow server`` is the one writer, the workers talk to it
+over HTTP, and the driver restarts it if it dies (``study.server.LocalServer``).
 """
 
 from __future__ import annotations
@@ -14,18 +16,20 @@ import ctypes
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from salt_exp.contract import TrialAttr, experiment_name
-from salt_exp.errors import SaltError, one_line
+from salt_exp.errors import SaltError, environment_failure, one_line
 from salt_exp.signals import term_as_interrupt
 from salt_exp.stores import artifact_root, sqlite_path, tracking_uri
 from salt_exp.study.recover import Heartbeat, budget_left, over_budget, recover_stale, requeue
-from salt_exp.study.server import LocalServer
+from salt_exp.study.server import CLIENT_RETRY_ENV, LocalServer
 from salt_exp.study.spec import StudySpec, load_study_spec
 from salt_exp.study.storage import open_study
 from salt_exp.study.trial import TrialContext, run_trial
@@ -46,6 +50,7 @@ class StudyRequest:
     ignore_missing: bool = False  # resume although journal and store disagree (recorded on the study)
     torch_threads: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    artifact_root: str | None = None  # the local artifact folder when the workers write through a local server
 
 
 def _log(spec: StudySpec, text: str) -> None:
@@ -56,7 +61,10 @@ def _frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
-def _run_one(ctx: TrialContext, trial: optuna.Trial) -> str:
+RERUN = "then rerun the same command: the trial was requeued and continues from its checkpoint"
+
+
+def _run_one(ctx: TrialContext, trial: optuna.Trial, artifact_root: Path | None = None) -> str:
     study, t0 = ctx.study, time.time()
     if os.environ.get("CUDA_VISIBLE_DEVICES"):  # which GPU this worker was given (--workers N, --gpus)
         trial.set_user_attr(TrialAttr.CUDA_DEVICES, os.environ["CUDA_VISIBLE_DEVICES"])
@@ -72,6 +80,15 @@ def _run_one(ctx: TrialContext, trial: optuna.Trial) -> str:
             _log(ctx.spec, f"trial {trial.number} interrupted: requeued, the next run resumes it")
             raise
         except Exception as exc:  # noqa: BLE001 - one trial's error is recorded and the study goes on
+            failure = environment_failure(exc, artifact_root=artifact_root, rerun=RERUN)
+            if failure is not None:  # the machine's fault, not the trial's: no FAIL, the rerun resumes it
+                try:
+                    requeue(study, _frozen(study, trial.number), f"stopped: {failure}")
+                    _log(ctx.spec, f"trial {trial.number} stopped and requeued: {failure}")
+                except Exception as again:  # noqa: BLE001 - e.g. the journal on the same full disk
+                    _log(ctx.spec, f"trial {trial.number} stopped, not requeued now ({one_line(again)}); the next "
+                                   "run requeues it, its worker being gone")
+                raise failure from exc
             trial.set_user_attr(TrialAttr.FAILURE, one_line(exc))
             study.tell(trial, state=TrialState.FAIL)
             _log(ctx.spec, f"trial {trial.number} FAIL: {one_line(exc)}")
@@ -88,6 +105,7 @@ def run_worker(req: StudyRequest) -> list[tuple[int, str]]:
     study = open_study(spec, req.storage)
     ctx = TrialContext(study, spec, spec.base_config(), n_trials=n_trials)
     deadline = None if spec.timeout is None else time.time() + spec.timeout
+    root = Path(req.artifact_root) if req.artifact_root else None
     done: list[tuple[int, str]] = []
     with term_as_interrupt():  # SIGTERM like Ctrl-C: the running trial is requeued
         while deadline is None or time.time() < deadline:
@@ -100,7 +118,7 @@ def run_worker(req: StudyRequest) -> list[tuple[int, str]]:
                 trial.set_user_attr(TrialAttr.SKIPPED, "over budget: another worker asked at the same time")
                 study.tell(trial, state=TrialState.FAIL)
                 break
-            done.append((trial.number, _run_one(ctx, trial)))
+            done.append((trial.number, _run_one(ctx, trial, root)))
     return done
 
 
@@ -123,6 +141,9 @@ def _worker_entry(req: StudyRequest) -> None:
         run_worker(req)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except SaltError as exc:  # e.g. the store unavailable: its trial was requeued; one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def gpu_assignment(workers: int, gpus: tuple[str, ...] = ()) -> list[str | None]:
@@ -219,9 +240,15 @@ def run_study(req: StudyRequest) -> list[int]:
     db = sqlite_path(uri)
     if db is None:
         return _spawn(req, uri)  # a server or a PostgreSQL store already takes concurrent writers
-    with LocalServer(uri, artifact_root(uri), db.parent / "mlflow-server.log") as server_uri:
-        _log(spec, f"{req.workers} workers; MLflow through a local server at {server_uri}")
+    root = artifact_root(uri)
+    server = LocalServer(uri, root, db.parent / "mlflow-server.log", log=lambda text: _log(spec, text))
+    with server as server_uri:
+        _log(spec, f"{req.workers} workers; MLflow through a local server at {server_uri} (pid {server.proc.pid}, "
+                   "restarted if it dies)")
         from salt_exp.ui import DEFAULT_UI, UI_ENV
 
-        # links the workers write point at `make ui`, not at this server, which stops with the study
-        return _spawn(replace(req, env={UI_ENV: DEFAULT_UI, **req.env}), server_uri)
+        # links the workers write point at `make ui`, not at this server, which stops with the study; their MLflow
+        # calls retry long enough to outlast a restart of the server
+        retry = {k: v for k, v in CLIENT_RETRY_ENV.items() if k not in os.environ}
+        env = {UI_ENV: DEFAULT_UI, **retry, **req.env}
+        return _spawn(replace(req, env=env, artifact_root=str(root.resolve())), server_uri)

@@ -116,11 +116,11 @@ class StudyFile:
     space: dict[str, FloatSpace | IntSpace | CategoricalSpace]
     enqueue: tuple[dict[str, Any], ...] = ()
     n_trials: int = 10  # below 0 counts as 0
-    timeout: float | None = None
+    timeout: float | None = num(None, gt=0)
     folds: tuple[int, ...] | None = None  # null: all of data.n_folds
     sampler: TPESampler | RandomSampler | GridSampler = field(default_factory=TPESampler)
     pruner: MedianPruner | HyperbandPruner | NoPruner = field(default_factory=MedianPruner)
-    stale_after: float = 600.0
+    stale_after: float = num(600.0, gt=0)
     ensemble: EnsembleOptions | None = None
 
 
@@ -258,6 +258,8 @@ def _check_grid(where: str, file: StudyFile, space: tuple[Param, ...]) -> None:
 def load_study_spec(path: str | Path, extra_overrides: tuple[str, ...] | list[str] = ()) -> StudySpec:
     """Read and validate ``path``; ``extra_overrides`` (``--set``) apply to every trial after the file's ``set``."""
     path = Path(path)
+    if path.is_dir():
+        raise SaltError(f"{path}: is a folder (expected a study file, studies/<name>.yaml)")
     if not path.is_file():
         raise SaltError(f"study file not found: {path}")
     where = str(path)

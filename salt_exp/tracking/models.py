@@ -7,7 +7,9 @@ created linked to its source run (its ``step``: the cycle), saved with the pinne
 environment and a copy of the ``salt_exp`` package (so a fresh environment with the requirements loads
 it), uploaded, then marked READY. A run's model is found again by ``(source run, key)``, so a resumed
 run never logs a cycle's model twice; a model left PENDING by a killed process is marked FAILED and
-replaced.
+replaced. A model whose upload failed keeps none of its files (no half-written weights stay in the artifact
+store); when the machine was at fault (a full disk, an unreachable server) its record is deleted too, so the
+rerun that continues the run leaves the store an uninterrupted run leaves.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from mlflow.entities import LoggedModelOutput, Metric
 from mlflow.exceptions import MlflowException
 
 from salt_exp.contract import Tag
-from salt_exp.errors import SaltError
+from salt_exp.errors import SaltError, environment_failure
 from salt_exp.stores import tracking_uri
 from salt_exp.tracking.store import client
 
@@ -83,11 +85,33 @@ def find_logged_model(run_id: str, key: str) -> str | None:
             return m.model_id
     for m in found:
         if str(getattr(m.status, "name", m.status)) == "PENDING":
-            try:
-                c.finalize_logged_model(m.model_id, "FAILED")
-            except MlflowException:
-                pass
+            discard_model(m.model_id, m.artifact_location)
     return None
+
+
+def discard_model(model_id: str, artifact_location: str, *, delete: bool = False) -> None:
+    """A logged model whose upload did not finish: its files removed, marked FAILED (kept as a trace), or deleted
+    (``delete``: MLflow's soft delete, hidden from searches; ``mlflow gc`` purges it). Best effort: it runs while
+    another error is being reported."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    c = client()
+    try:
+        get_artifact_repository(artifact_location).delete_artifacts()
+        if artifact_location.startswith("file:"):  # the model's now empty folder (models/<id>/) too
+            from mlflow.utils.file_utils import local_file_uri_to_path
+
+            folder = Path(local_file_uri_to_path(artifact_location)).parent
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+    except Exception:  # noqa: BLE001 - an unreachable or read-only store: the record still says FAILED
+        pass
+    try:
+        c.finalize_logged_model(model_id, "FAILED")
+        if delete:
+            c.delete_logged_model(model_id)
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        pass
 
 
 def log_pyfunc_model(run_id: str, *, name: str, key: str, code: str, artifacts: Mapping[str, str | Path],
@@ -119,11 +143,11 @@ def log_pyfunc_model(run_id: str, *, name: str, key: str, code: str, artifacts: 
         c.set_logged_model_tags(model.model_id, {LOG_SECONDS_TAG: f"{time.time() - started:.2f}"})
         c.finalize_logged_model(model.model_id, "READY")
         _link_output(run_id, model.model_id, step)  # the run's "Logged models" list: READY models only
-    except BaseException:
-        try:
-            c.finalize_logged_model(model.model_id, "FAILED")
-        except Exception:  # noqa: BLE001 - the original error is the one to report
-            pass
+    except BaseException as exc:
+        failure = environment_failure(exc) if isinstance(exc, Exception) else None
+        discard_model(model.model_id, model.artifact_location, delete=failure is not None)
+        if failure is not None:
+            raise failure from exc  # one line saying what to free or start, and what to rerun
         raise
     return model.model_id
 

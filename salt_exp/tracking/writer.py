@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from salt_exp.contract import DatasetRecord, RunStatus, Tag, TrialState, table_json
 from salt_exp.errors import one_line
+from salt_exp.faults import fault_point
 from salt_exp.stores import tracking_uri
 from salt_exp.tracking.git import git_state
 from salt_exp.tracking.store import client, experiment_id
@@ -141,12 +142,16 @@ class RunTracker:
         self.client.set_terminated(self.run_id, status=str(getattr(status, "value", status)))
 
     def close_parent(self, state: str, *, started: float, status: str, failure: str = "") -> None:
-        """End a parent run (trial or cv): its state tag, the wall time added up over attempts, the failure."""
-        previous = float(self.tags().get(Tag.DURATION_S, 0) or 0)
+        """End a parent run (trial or cv): its state tag, the wall time added up over attempts, the failure (a
+        COMPLETE run drops an earlier attempt's: a rerun that finished it leaves no stale reason on it)."""
+        held = self.tags()
+        previous = float(held.get(Tag.DURATION_S, 0) or 0)
         tags = {Tag.STATUS: str(state), Tag.DURATION_S: f"{previous + time.time() - started:.1f}"}
         if failure:
             tags[Tag.FAILURE] = failure
         self.set_tags(tags)
+        if state == TrialState.COMPLETE and not failure and Tag.FAILURE in held:
+            self.client.delete_tag(self.run_id, Tag.FAILURE)
         self.end(status)
 
     def log_datasets(self, records: list[DatasetRecord]) -> None:
@@ -206,8 +211,10 @@ class RunTracker:
             if v.tags.get(key_tag) == str(tags.get(key_tag)):
                 return str(v.version)
         source = f"models:/{model_id}" if model_id else f"{self.artifact_uri}/{artifact_path}"
+        fault_point("registry.before_create_version")
         version = self.client.create_model_version(model_name, source=source, run_id=self.run_id,
                                                    tags={k: str(v) for k, v in tags.items()}, model_id=model_id)
+        fault_point("registry.after_create_version")
         return str(version.version)
 
 

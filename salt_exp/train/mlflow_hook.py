@@ -15,6 +15,7 @@ import numpy as np
 
 from salt_exp import contract as C
 from salt_exp.contract import SnapshotVersion, Tag
+from salt_exp.faults import fault_point
 from salt_exp.plots import coverage_bins_figure
 from salt_exp.tracking import RunTracker, temp_dir
 from salt_exp.train.hooks import BudgetReport, EpochEnd, HookBase, RunEnd, RunStart, SnapshotReady
@@ -65,6 +66,7 @@ class MLflowHook(HookBase):
 
     def on_epoch(self, event: EpochEnd) -> None:
         self._log_new(event.metrics, event.epoch)
+        fault_point("fold.after_epoch_metrics")
 
     def on_snapshot(self, event: SnapshotReady) -> None:
         """Log and register the best snapshot of a cycle (a full-data fit's: its latest, with no OOF): its OOF and
@@ -78,6 +80,7 @@ class MLflowHook(HookBase):
         folder = C.snapshot_dir(c)
         if scored and not self.tracker.artifact_exists(C.snapshot_oof(c)):
             self.tracker.log_table({k: [b[k] for b in snap.bins] for k in snap.bins[0]}, f"{folder}/{C.COVERAGE_TABLE}")
+            fault_point("snapshot.after_bins_table")
             self._log_bins_png(snap, folder)
             with temp_dir() as tmp:
                 oof = C.write_snapshot_oof(Path(tmp) / C.SNAPSHOT_OOF_FILE, event.val_ids, np.load(snap.oof))

@@ -7,6 +7,7 @@ snapshot of a cycle so far and its out-of-fold probabilities). Every write is at
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from salt_exp.errors import SaltError
 from salt_exp.io import atomic_path
 
 
@@ -105,21 +107,43 @@ def save_state(path: Path, state: RunState, *, model: torch.nn.Module, optimizer
         "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
     }
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before the rename: a power cut must not leave an empty last.pt
+
+
+def unreadable_state(path: Path, exc: BaseException, what: str = "cannot be read") -> SaltError:
+    """The one line a rerun stops with when ``last.pt`` is corrupt (truncated, overwritten, another model's): what to
+    do is move it aside, after which the same command retrains the fold from epoch 0 in the same run."""
+    reason = " ".join(str(exc).split()).split(". ")[0][:160] or "no message"  # torch's first sentence says it
+    return SaltError(f"{path}: this fold run's resume checkpoint {what} ({type(exc).__name__}: {reason}); move it "
+                     f"aside (mv {path} {path}.bad) and rerun the same command: the fold retrains from epoch 0 in the "
+                     "same run, keeping what it logged and registered")
 
 
 def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler) -> RunState:
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scaler.load_state_dict(payload["scaler"])
-    torch.set_rng_state(payload["torch_rng"])
-    np.random.set_state(payload["numpy_rng"])
-    raw = payload["state"]
-    raw["best"] = {int(c): SnapshotRef(**s) for c, s in raw["best"].items()}
-    raw["budget"] = BudgetPlan(**raw["budget"]) if raw.get("budget") else None
-    return RunState(**raw)
+    """The training state saved by :func:`save_state`, applied to ``model``, ``optimizer``, ``scaler`` and the RNGs;
+    :func:`unreadable_state` (a SaltError) when the file is corrupt or does not fit the run's model."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        raw = payload["state"]
+        raw["best"] = {int(c): SnapshotRef(**s) for c, s in raw["best"].items()}
+        raw["budget"] = BudgetPlan(**raw["budget"]) if raw.get("budget") else None
+        state = RunState(**raw)
+        parts = payload["model"], payload["optimizer"], payload["scaler"], payload["torch_rng"], payload["numpy_rng"]
+    except Exception as exc:  # noqa: BLE001 - zip, pickle, EOF, missing keys: any of them means "cannot be read"
+        raise unreadable_state(path, exc) from exc
+    try:
+        model.load_state_dict(parts[0])
+        optimizer.load_state_dict(parts[1])
+        scaler.load_state_dict(parts[2])
+        torch.set_rng_state(parts[3])
+        np.random.set_state(parts[4])
+    except Exception as exc:  # noqa: BLE001 - shapes or types that are not this run's
+        raise unreadable_state(path, exc, "does not fit this run's model") from exc
+    return state
 
 
 def save_snapshot(folder: Path, *, cycle: int, epoch: int, model: torch.nn.Module, meta: dict[str, Any],
