@@ -140,10 +140,12 @@ def _unreachable_server(exc: BaseException) -> tuple[str, str] | None:
         if m and url is None:
             url = m.group(1)
         if isinstance(e, requests.exceptions.ConnectionError | requests.exceptions.Timeout |
-                      requests.exceptions.RetryError) and reason is None:
+                      requests.exceptions.RetryError | requests.exceptions.ChunkedEncodingError) and reason is None:
             found = _ERRNO.search(str(e))
-            reason = found.group(0).strip() if found else ("timed out" if isinstance(e, requests.exceptions.Timeout)
-                                                           else type(e).__name__)
+            reason = (found.group(0).strip() if found else
+                      "timed out" if isinstance(e, requests.exceptions.Timeout) else
+                      "its response broke off midway" if isinstance(e, requests.exceptions.ChunkedEncodingError) else
+                      type(e).__name__)
     if url is None or reason is None:
         return None
     from urllib.parse import urlsplit

@@ -138,6 +138,77 @@ def test_mlflow_server_sigkilled_under_two_workers_is_restarted_and_the_study_fi
     assert _no_half_written_files(tmp_path / "mlruns" / "artifacts") > 0
 
 
+class BreakingServer:
+    """An HTTP server that answers MLflow's ``experiments/get-by-name`` but breaks off its first ``broken``
+    responses after 2 of their promised bytes, then drops the connection: what a client sees of a tracking
+    server SIGKILLed while it writes a response (the CI failure: ``IncompleteRead(0 bytes read, 2 more
+    expected)``), at a moment a test can choose."""
+
+    def __init__(self, broken: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.broken, self.requests = broken, []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.requests.append(self.path)
+                body = json.dumps({"experiment": {"experiment_id": "7", "name": "salt/x", "artifact_location": "",
+                                                  "lifecycle_stage": "active"}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if len(outer.requests) <= outer.broken:
+                    self.wfile.write(body[:2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@reliability("fault", "study server", "a response broken off midway (server killed while it answers)",
+             "the request is sent again, up to MLFLOW_HTTP_REQUEST_MAX_RETRIES times, and the call returns the "
+             "whole answer; when every try breaks off, the error is one line naming the server and the retries")
+def test_a_response_broken_off_midway_is_sent_again_and_one_line_when_every_try_breaks(monkeypatch):
+    import salt_exp.tracking.store as store
+    from salt_exp.errors import environment_failure
+
+    monkeypatch.setattr(store, "RESEND_WAIT_S", 0.01)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    server = BreakingServer(broken=2)
+    try:
+        exp = MlflowClient(server.url).get_experiment_by_name("salt/x")
+        assert exp.experiment_id == "7"
+        assert len(server.requests) == 3 and all("get-by-name" in r for r in server.requests), server.requests
+    finally:
+        server.close()
+
+    server = BreakingServer(broken=10)
+    try:
+        with pytest.raises(Exception) as caught:
+            MlflowClient(server.url).get_experiment_by_name("salt/x")
+        assert len(server.requests) == 3, server.requests  # the first try and 2 resends, then it gives up
+        line = str(environment_failure(caught.value, rerun="run it again"))
+        assert f"the MLflow tracking server {server.url} does not answer" in line, line
+        assert "its response broke off midway" in line and "after 2 retries" in line and "\n" not in line, line
+    finally:
+        server.close()
+
+
 @pytest.mark.slow
 @reliability("fault", "study server", "mlflow server's CLI SIGKILLed alone (its uvicorn child keeps the port)",
              "the supervisor ends the orphan, restarts the server on the same port with one line; the same store "

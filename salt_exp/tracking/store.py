@@ -9,7 +9,9 @@ hidden "active run" state.
 
 from __future__ import annotations
 
+import functools
 import os
+import time
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
@@ -18,6 +20,43 @@ from mlflow.tracking import MlflowClient
 from salt_exp.stores import artifact_root, default_tracking_uri, sqlite_path, tracking_uri
 
 _CLIENTS: dict[str, MlflowClient] = {}
+RESEND_WAIT_S = 1.0  # first wait before a request whose response broke off is sent again; doubles, capped at 8 s
+
+
+def resend_broken_responses() -> None:
+    """Send a REST request again when its response broke off half-way.
+
+    A tracking server killed while it writes a response (the study's own server, restarted by the study) leaves
+    the client a truncated body: requests raises ``ChunkedEncodingError`` ("Connection broken: IncompleteRead")
+    after urllib3 has handed the response over, so the ``Retry`` MLflow configures never sees it; that one
+    ``metrics/get-history`` call failed a whole trial in CI. urllib3's Retry resends every method (MLflow sets
+    ``allowed_methods=None``) when a connection fails before the response starts; a response that stops midway
+    is the same failure a few bytes later, so it is resent the same number of times
+    (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``). Installed once per process, on MLflow's REST layer.
+    """
+    import requests
+    from mlflow.utils import rest_utils
+
+    send = rest_utils._get_http_response_with_retries
+    if getattr(send, "salt_exp_resends", False):
+        return
+
+    @functools.wraps(send)
+    def send_again_when_broken(*args, **kwargs):
+        tries = int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7"))
+        for attempt in range(tries + 1):
+            try:
+                return send(*args, **kwargs)
+            except requests.exceptions.ChunkedEncodingError:
+                if attempt == tries:
+                    raise
+                time.sleep(min(RESEND_WAIT_S * 2 ** attempt, 8.0))
+
+    send_again_when_broken.salt_exp_resends = True
+    rest_utils._get_http_response_with_retries = send_again_when_broken
+
+
+resend_broken_responses()
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
