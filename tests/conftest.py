@@ -95,6 +95,34 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite database (MLflow's migrations take seconds per fresh store on a small CPU)."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    with pytest.MonkeyPatch.context() as mp:  # MLflow makes ./mlruns for its Default experiment: not in the repo
+        mp.chdir(db.parent)
+        MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture(scope="session")
+def baseline(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory, template: Path):
+    """The fault matrix's uninterrupted commands (tests.test_faults), once per session, in their own fresh store:
+    the cv run's store and then the ensemble's, as fingerprints, and the submission."""
+    from tests.test_faults import Baseline, Store, check_once, fingerprint, ok
+
+    store = Store(tmp_path_factory.mktemp("baseline"), synth_dir, tmp_path_factory.getbasetemp(), template)
+    ok(store.cv())
+    cv = fingerprint(store)
+    check_once(cv)
+    ok(store.ensemble())
+    ens = fingerprint(store)
+    check_once(ens)
+    return Baseline(cv, ens, store.submission.read_bytes())
+
+
 @pytest.fixture
 def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh SQLite-backed MLflow store (real MLflow, no mocks) with its artifacts under tmp_path."""

@@ -5,7 +5,8 @@ it ends in must be the one an uninterrupted run of the same command and seeds le
 What "the same store" means here (:func:`fingerprint`), per ``salt/*`` experiment:
 
 - the runs by (role, fold, trial), each key once, with MLflow status, ``salt.status``, whether ``salt.failure`` is
-  set, the parent's key, params and tag keys (run and model ids replaced by their keys);
+  set, the parent's key, params and tag keys (run and model ids replaced by their keys; ``salt.resumed_from``, which
+  only a resumed run carries, left out);
 - every metric key's list of steps (no step twice) and, except :data:`VOLATILE` (wall times, images/s, the
   ``system/*`` samples, which a killed process logs a different number of), every value exactly: training is
   bit-reproducible here (fp32, one thread, data order and augmentation from (seed, epoch), RNG states in
@@ -43,6 +44,7 @@ STUDY = "faults"
 # 2 cycles x 1 epoch of 1 batch, a 3-step LR finder, one thread: ~15 s per run on an idle 2-core CPU
 SETS = [*TINY, *FAST, "train.max_train_batches=1", "lr_find.steps=3", "schedule.cycle_epochs=1", "train.threads=1"]
 VOLATILE = ("epoch_seconds", "train_images_per_s")  # metric keys whose values are wall-clock measurements
+RESUME_TAGS = {"salt.resumed_from", "salt.resume_warning"}  # what only a resumed run says of itself: where it resumed
 TIMEOUT = int(os.environ.get("SALT_EXP_TEST_TIMEOUT", "600"))  # per command: ~20x what one takes on an idle 2-core CPU
 
 
@@ -165,7 +167,7 @@ def _run_record(c: MlflowClient, run, names: dict[str, str], models: list) -> di
                    for m in models if m.source_run_id == rid), key=str)
     return _anon({"status": run.info.status, "salt.status": tags.get("salt.status"),
                   "failure": "salt.failure" in tags, "parent": names.get(tags.get("mlflow.parentRunId", ""), None),
-                  "params": dict(run.data.params), "tag_keys": sorted(tags), "metrics": metrics, "tables": tables,
+                  "params": dict(run.data.params), "tag_keys": sorted(set(tags) - RESUME_TAGS), "metrics": metrics, "tables": tables,
                   "artifacts": _artifacts(c, rid), "models": mine, "outputs": sorted(outputs.values()),
                   "datasets": sorted((i.dataset.name, i.tags[0].value) for i in run.inputs.dataset_inputs)}, names)
 
@@ -256,29 +258,6 @@ class Baseline:
     cv: dict  # the fingerprint after `salt-exp cv` of fold 0
     ensemble: dict  # after `salt-exp ensemble` on it
     submission: bytes
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow SQLite database (MLflow's migrations take seconds per fresh store on a small CPU)."""
-    db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    with pytest.MonkeyPatch.context() as mp:  # MLflow makes ./mlruns for its Default experiment: not in the repo
-        mp.chdir(db.parent)
-        MlflowClient(f"sqlite:///{db}").search_experiments()
-    return db
-
-
-@pytest.fixture(scope="module")
-def baseline(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory, template: Path) -> Baseline:
-    """The uninterrupted commands, once per module, in their own fresh store."""
-    store = Store(tmp_path_factory.mktemp("baseline"), synth_dir, tmp_path_factory.getbasetemp(), template)
-    ok(store.cv())
-    cv = fingerprint(store)
-    check_once(cv)
-    ok(store.ensemble())
-    ens = fingerprint(store)
-    check_once(ens)
-    return Baseline(cv, ens, store.submission.read_bytes())
 
 
 @pytest.fixture

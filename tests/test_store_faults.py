@@ -18,8 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.reliability import reliability
-from tests.test_faults import Store, assert_same_store, check_once, fingerprint, ok
-from tests.test_faults import template as template  # the fixture (an empty MLflow database), for this module
+from tests.test_faults import Store, assert_same_store, fingerprint, ok
 from tests.test_study import _driver, check_one_parent_per_trial, runs_of, trials_of, write_study
 
 WAIT = 1800  # seconds per command, a bound for a starved 2-core machine (a study of two tiny trials: ~2 min idle)
@@ -276,16 +275,6 @@ def test_a_tracking_server_that_stays_down_requeues_the_trial_then_the_rerun_com
 # ---------------------------------------------------------------- the disk of the artifact root full
 
 
-@pytest.fixture(scope="module")
-def cv_baseline(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory, template: Path) -> dict:
-    """The uninterrupted ``salt-exp cv`` of fold 0 (tests.test_faults' command) in its own fresh store."""
-    store = Store(tmp_path_factory.mktemp("disk-baseline"), synth_dir, tmp_path_factory.getbasetemp(), template)
-    ok(store.cv())
-    fp = fingerprint(store)
-    check_once(fp)
-    return fp
-
-
 def _mount_tmpfs(folder: Path, size: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -310,7 +299,7 @@ def test_disk_full_for_the_artifact_root_stops_in_one_line_then_the_rerun_comple
     root = store.root / "mlruns" / "artifacts"
     _mount_tmpfs(root, SMALL)  # skips where mounting is not allowed, before the baseline is paid for
     try:
-        baseline = request.getfixturevalue("cv_baseline")
+        baseline = request.getfixturevalue("baseline").cv  # tests.test_faults' cv run, shared by the session
         failed = store.cv()
         errors = [line for line in failed.stdout.splitlines() if line.startswith("error:")]
         assert failed.returncode == 1 and len(errors) == 1 and "Traceback" not in failed.stdout, failed.stdout[-4000:]
