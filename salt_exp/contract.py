@@ -122,6 +122,11 @@ class Tag:
     ENSEMBLE_KEY = "salt.ensemble_key"  # ensemble runs: digest of members and options; a killed one is continued
     MODEL_KEY = "salt.model_key"  # logged models: how a run finds its own model again ("cycle_<c>", "ensemble")
     MODEL_LOG_SECONDS = "salt.log_seconds"  # logged models: what logging it cost (save, upload, links)
+    # --- resume checkpoints synced to the store (salt_exp.train.sync): another machine continues the fold run
+    RESUME_CHECKPOINT = "salt.resume.checkpoint"  # the artifact folder of the latest complete synced checkpoint
+    RESUME_EPOCH = "salt.resume.epoch"  # epochs done in it
+    RESUMED_FROM = "salt.resumed_from"  # the latest resume: "epoch <n> from <host>'s work folder" or "... the store"
+    RESUME_WARNING = "salt.resume_warning"  # a resume from a checkpoint another commit wrote
     # --- pseudo-labelling (`salt-exp pseudo`): a pseudo run's source, and the lineage of the runs trained on its labels
     PSEUDO_ENSEMBLE = "salt.pseudo_ensemble"  # the ensemble version that made the labels: "salt-<study>-ensemble/v<N>"
     PSEUDO_RUN = "salt.pseudo_run"  # fold and cv runs: the pseudo run whose labels artifact they trained on
@@ -221,6 +226,10 @@ class Metric:
     DONE_EPOCHS = "done_epochs"
     DONE_STEPS = "done_steps"
     BUDGET_USED_S = "budget_used_s"
+    # resume checkpoints synced to the store, per synced epoch: upload seconds, size, share of the training time
+    SYNC_SECONDS = "sync_seconds"
+    SYNC_MB = "sync_mb"
+    SYNC_OVERHEAD = "sync_overhead"  # upload seconds / wall seconds since the previous sync (or the run's start)
 
     @staticmethod
     def fold_map(fold: int) -> str:
@@ -243,6 +252,11 @@ LR_FIND_PNG = "lr_find.png"
 COVERAGE_TABLE = "coverage_bins.json"  # run root: every cycle so far; snapshot folder: that cycle
 COVERAGE_PNG = "coverage_bins.png"
 SNAPSHOT_OOF_FILE = "oof.npz"
+RESUME_DIR = "resume"  # resume/e<epochs done>/: a synced checkpoint (last.pt, precision.json, unpublished snapshots)
+
+
+def resume_dir(epochs_done: int) -> str:
+    return f"{RESUME_DIR}/e{epochs_done:04d}"
 ENSEMBLE_DIR = "ensemble"
 ENSEMBLE_MEMBERS = "ensemble/members.json"
 ENSEMBLE_OOF = "ensemble/oof.npz"

@@ -28,6 +28,7 @@ from salt_exp.config.schema import (
     PaddingMode,
     PseudoConfig,
     ScheduleConfig,
+    SyncConfig,
     TrainConfig,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "PaddingMode",
     "PseudoConfig",
     "ScheduleConfig",
+    "SyncConfig",
     "TrainConfig",
     "apply_overrides",
     "config_from_dict",

@@ -162,6 +162,26 @@ class PseudoConfig:
     max_oversampling: float = _num(4.0, gt=0.0)
 
 
+SyncMode = Literal["auto", "on", "off"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyncConfig:
+    """A fold run's resume checkpoint copied to the run's artifacts, so that another machine can continue it.
+
+    ``mode``: ``auto`` syncs when the run's artifacts do not live on this machine's disk (a tracking server's
+    ``mlflow-artifacts:``, object storage), ``on`` always, ``off`` never (the checkpoint stays in ``$SALT_EXP_WORK``
+    only). After an epoch, a sync is due once ``every_epochs`` epochs or ``every_minutes`` minutes (whichever comes
+    first) passed since the last one, and is held back while the last measured upload time would exceed
+    ``max_overhead`` of the training time since then. Not part of the config hash: it changes no result.
+    """
+
+    mode: SyncMode = "auto"
+    every_epochs: int = _num(1, ge=1)
+    every_minutes: float | None = _num(None, gt=0.0)
+    max_overhead: float = _num(0.02, gt=0.0, le=1.0)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
     """One experiment. Config files may also hold ``extends:`` (read by :func:`salt_exp.config.load_config`)."""
@@ -180,6 +200,7 @@ class ExperimentConfig:
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
 
 
 def check_consistency(cfg: ExperimentConfig, where: str) -> None:

@@ -57,6 +57,12 @@ def _log(spec: StudySpec, text: str) -> None:
     print(f"[study {spec.name} pid {os.getpid()}] {text}", flush=True)
 
 
+def poll_s(stale_after: float) -> float:
+    """How often a worker beats and looks at the other workers' trials: a quarter of ``stale_after`` (so that
+    three missed beats are not yet "gone"), at most 30 s."""
+    return max(0.5, min(30.0, stale_after / 4))
+
+
 def _frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
@@ -68,7 +74,7 @@ def _run_one(ctx: TrialContext, trial: optuna.Trial, artifact_root: Path | None 
     study, t0 = ctx.study, time.time()
     if os.environ.get("CUDA_VISIBLE_DEVICES"):  # which GPU this worker was given (--workers N, --gpus)
         trial.set_user_attr(TrialAttr.CUDA_DEVICES, os.environ["CUDA_VISIBLE_DEVICES"])
-    with Heartbeat(trial):
+    with Heartbeat(trial, interval=poll_s(ctx.spec.stale_after)):
         try:
             value = run_trial(ctx, trial)
         except optuna.TrialPruned as exc:
@@ -107,12 +113,25 @@ def run_worker(req: StudyRequest) -> list[tuple[int, str]]:
     deadline = None if spec.timeout is None else time.time() + spec.timeout
     root = Path(req.artifact_root) if req.artifact_root else None
     done: list[tuple[int, str]] = []
+    announced: list[int] = []
     with term_as_interrupt():  # SIGTERM like Ctrl-C: the running trial is requeued
         while deadline is None or time.time() < deadline:
             for number in recover_stale(study, spec.stale_after):
                 _log(spec, f"trial {number} was interrupted (worker gone): requeued to resume")
             if not budget_left(study, n_trials):
-                break
+                # other machines' trials may still be lost: stay until they end or go stale (then run them)
+                running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+                if not running:
+                    break
+                waiting = sorted(t.number for t in running)
+                if waiting != announced:
+                    announced = waiting
+                    owners = ", ".join(f"{t.number} ({t.user_attrs.get(TrialAttr.WORKER, 'not claimed yet')})"
+                                       for t in running)
+                    _log(spec, f"the trial budget is used; waiting for running trial(s) {owners} to finish, or to "
+                               f"take over any whose worker goes silent for stale_after={spec.stale_after:g}s")
+                time.sleep(poll_s(spec.stale_after))
+                continue
             trial = study.ask()
             if over_budget(study, trial, n_trials):
                 trial.set_user_attr(TrialAttr.SKIPPED, "over budget: another worker asked at the same time")

@@ -65,8 +65,11 @@ class LocalServer:
     """
 
     def __init__(self, backend_uri: str, artifact_root: Path, log_path: Path, timeout: float = 300.0, *,
-                 log: Callable[[str], None] | None = None, max_restarts: int = 5) -> None:
+                 log: Callable[[str], None] | None = None, max_restarts: int = 5, proxy_artifacts: bool = False) -> None:
+        """``proxy_artifacts``: clients upload artifacts through the server (``mlflow-artifacts:``, as machines that
+        share no disk with it do) instead of writing ``artifact_root`` themselves."""
         self.backend_uri, self.artifact_root, self.log_path, self.timeout = backend_uri, artifact_root, log_path, timeout
+        self.proxy_artifacts = proxy_artifacts
         self.log = log or (lambda text: print(text, file=sys.stderr, flush=True))
         self.max_restarts = max_restarts
         self.proc: subprocess.Popen | None = None
@@ -93,8 +96,8 @@ class LocalServer:
     def _start(self) -> None:
         root = self.artifact_root.resolve().as_uri()
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1", "--backend-store-uri", self.backend_uri, "--default-artifact-root", root,
-               "--artifacts-destination", root]
+               "--workers", "1", "--backend-store-uri", self.backend_uri,
+               *([] if self.proxy_artifacts else ["--default-artifact-root", root]), "--artifacts-destination", root]
         env = {**os.environ, **{k: v for k, v in SERVER_ENV.items() if k not in os.environ}}
         with self._lock, open(self.log_path, "ab") as log:
             if self._stop.is_set():

@@ -119,6 +119,35 @@ class RunTracker:
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
+    def list_artifacts(self, folder: str | None = None) -> list[str]:
+        """Paths directly under ``folder`` (the run root when None)."""
+        return [f.path for f in self.client.list_artifacts(self.run_id, folder)]
+
+    def download_artifacts(self, artifact_path: str, dst: Path) -> Path:
+        """``artifact_path`` (a file or a folder) of this run, downloaded under ``dst``; the local path."""
+        import mlflow
+
+        return Path(mlflow.artifacts.download_artifacts(run_id=self.run_id, artifact_path=artifact_path,
+                                                        dst_path=str(dst), tracking_uri=self.client.tracking_uri))
+
+    def delete_artifacts(self, artifact_path: str) -> str:
+        """Remove ``artifact_path`` from the run's artifacts; "" when done, else why not (some stores refuse
+        deletes, e.g. a server started with ``--no-serve-artifacts`` in front of a store it cannot reach)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            get_artifact_repository(self.artifact_uri, tracking_uri=self.client.tracking_uri).delete_artifacts(
+                artifact_path)
+        except Exception as exc:  # noqa: BLE001 - best effort: a left-over folder costs space, not correctness
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+        return ""
+
+    def delete_tags(self, keys: list[str]) -> None:
+        present = self.tags()
+        for key in keys:
+            if key in present:
+                self.client.delete_tag(self.run_id, key)
+
     def artifact_exists(self, artifact_path: str) -> bool:
         parent = str(Path(artifact_path).parent)
         listed = self.client.list_artifacts(self.run_id, None if parent == "." else parent)

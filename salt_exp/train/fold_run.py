@@ -24,12 +24,32 @@ from salt_exp.io import write_json
 from salt_exp.metrics import THRESHOLD_GRID, bin_breakdown, coverage_bins, image_scores, threshold_search
 from salt_exp.train.budget import plan_cycles, probe_seconds, replan, should_stop
 from salt_exp.train.engine import NonFiniteLoss, Runtime, choose_runtime, forward_cropped, predict, train_epoch
-from salt_exp.train.hooks import BudgetReport, EpochEnd, HookBase, Hooks, RunEnd, RunStart, SnapshotReady
+from salt_exp.train.hooks import (
+                                  BudgetReport,
+                                  CheckpointSaved,
+                                  EpochEnd,
+                                  HookBase,
+                                  Hooks,
+                                  Resumed,
+                                  RunEnd,
+                                  RunStart,
+                                  SnapshotReady,
+)
 from salt_exp.train.lr_find import LRFindResult, lr_range_test
 from salt_exp.train.precision import PrecisionChoice, resolve_device
 from salt_exp.train.schedule import CosineCycles, cosine_cycles
 from salt_exp.train.setup import FoldData, build_loss, build_optimizer, build_parts, train_loader, val_loader
-from salt_exp.train.state import BudgetPlan, RunState, SnapshotRef, drop_files, load_state, save_snapshot, save_state
+from salt_exp.train.state import (
+                                  BudgetPlan,
+                                  CheckpointIdentity,
+                                  RunState,
+                                  SnapshotRef,
+                                  drop_files,
+                                  load_state,
+                                  save_snapshot,
+                                  save_state,
+                                  travelling_files,
+)
 
 
 @dataclass(frozen=True)
@@ -52,8 +72,12 @@ PRECISION_FILE = "precision.json"  # in the work folder: the run's precision cho
 
 
 class FoldTrainer:
-    def __init__(self, cfg: ExperimentConfig, fd: FoldData, fold: int, *, workdir: Path, hooks: list[HookBase]) -> None:
+    def __init__(self, cfg: ExperimentConfig, fd: FoldData, fold: int, *, workdir: Path, hooks: list[HookBase],
+                 identity: CheckpointIdentity | None = None, restored_from: str = "") -> None:
+        """``identity``: written into ``last.pt`` and checked against the one a resumed checkpoint holds;
+        ``restored_from``: where the work folder's checkpoint came from when it was just downloaded from the store."""
         self.cfg, self.fd, self.fold, self.workdir, self.hooks = cfg, fd, fold, workdir, Hooks(hooks)
+        self.identity, self.restored_from = identity, restored_from
         self.model, self.adapter, self.loss_fn = build_parts(cfg)
         self.late_loss_fn = build_loss(cfg, late=True) if cfg.loss.late_terms else self.loss_fn
         self.model.to(resolve_device(cfg.train.device))  # params on the device before the optimizer is built
@@ -108,7 +132,8 @@ class FoldTrainer:
         return rt, choice
 
     def _save(self) -> None:
-        save_state(self.last_path, self.state, model=self.model, optimizer=self.optimizer, scaler=self.scaler)
+        save_state(self.last_path, self.state, model=self.model, optimizer=self.optimizer, scaler=self.scaler,
+                   identity=self.identity)
 
     def _loss_step(self, batch: dict) -> torch.Tensor:
         images, masks = self.rt.to_input(batch["image"]), batch["mask"].to(self.rt.device)
@@ -202,15 +227,23 @@ class FoldTrainer:
         self.hooks.on_epoch(EpochEnd(epoch, metrics))
         if (epoch + 1) % self.cycle_epochs == 0:
             self._publish_finished_cycles()
+        self.hooks.on_checkpoint(CheckpointSaved(self.state.epochs_done,
+                                                 tuple(travelling_files(self.workdir, self.state))))
 
     def run(self, resume: bool) -> FoldResult:
         resumed = resume and self.last_path.exists()
+        warning = ""
         if resumed:  # before RunStart, so that a budgeted run announces its planned epochs
-            self.state = load_state(self.last_path, self.model, self.optimizer, self.scaler)
+            self.state, warning = load_state(self.last_path, self.model, self.optimizer, self.scaler,
+                                             identity=self.identity)
         unplanned = self.cfg.schedule.budget_minutes if self.state.budget is None else None
         self.hooks.on_start(RunStart(self.precision, self.total_epochs, budget_minutes=unplanned,
                                      cycle_epochs=self.cycle_epochs))
         if resumed:
+            import socket
+
+            source = self.restored_from or f"{socket.gethostname()}'s work folder"
+            self.hooks.on_resume(Resumed(self.state.epochs_done, source, warning))
             self._replay()
         self._clock = time.perf_counter()  # a budget charges the time from here (the replay is not training)
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -58,6 +59,25 @@ class BudgetReport:
 
 
 @dataclass(frozen=True)
+class CheckpointSaved:
+    """The state after ``epochs_done`` epochs is in the work folder (after the epoch's snapshot was published):
+    ``files`` are what another machine needs to continue from it (``salt_exp.train.state.travelling_files``)."""
+
+    epochs_done: int
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """The run continues after ``epochs_done`` epochs from ``source`` (which machine's checkpoint, local or the
+    store's); ``warning``: the checkpoint was written at another commit ("" when not)."""
+
+    epochs_done: int
+    source: str
+    warning: str = ""
+
+
+@dataclass(frozen=True)
 class RunEnd:
     status: FoldStatus
     reason: str = ""  # why it failed; empty when it finished
@@ -79,6 +99,12 @@ class HookBase:
         pass
 
     def on_budget(self, event: BudgetReport) -> None:
+        pass
+
+    def on_checkpoint(self, event: CheckpointSaved) -> None:
+        pass
+
+    def on_resume(self, event: Resumed) -> None:
         pass
 
     def on_end(self, event: RunEnd) -> None:
@@ -110,6 +136,14 @@ class Hooks(HookBase):
     def on_budget(self, event: BudgetReport) -> None:
         for h in self.hooks:
             h.on_budget(event)
+
+    def on_checkpoint(self, event: CheckpointSaved) -> None:
+        for h in self.hooks:
+            h.on_checkpoint(event)
+
+    def on_resume(self, event: Resumed) -> None:
+        for h in self.hooks:
+            h.on_resume(event)
 
     def on_end(self, event: RunEnd) -> None:
         for h in self.hooks:
@@ -143,6 +177,10 @@ class EpochLog(HookBase):
         self.print(f"[{self.label}] epoch {event.epoch + 1}/{self.total}{cycle} train_loss {m['train_loss']:.4f} "
                    f"{val}{m['train_images_per_s']:.1f} img/s {m['epoch_seconds']:.0f}s, "
                    f"elapsed {sum(self.seconds) / 60:.1f} min, ETA {eta / 60:.1f} min [{self.how}]")
+
+    def on_resume(self, event: Resumed) -> None:
+        self.print(f"[{self.label}] resumed after epoch {event.epochs_done} from {event.source}"
+                   + (f"; warning: {event.warning}" if event.warning else ""))
 
     def on_budget(self, event: BudgetReport) -> None:
         p = event.plan

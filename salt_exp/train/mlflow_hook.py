@@ -18,7 +18,7 @@ from salt_exp.contract import SnapshotVersion, Tag
 from salt_exp.faults import fault_point
 from salt_exp.plots import coverage_bins_figure
 from salt_exp.tracking import RunTracker, temp_dir
-from salt_exp.train.hooks import BudgetReport, EpochEnd, HookBase, RunEnd, RunStart, SnapshotReady
+from salt_exp.train.hooks import BudgetReport, EpochEnd, HookBase, Resumed, RunEnd, RunStart, SnapshotReady
 from salt_exp.train.lr_find import LRFindResult, plot_lr_find
 from salt_exp.train.state import SnapshotRef
 
@@ -54,6 +54,13 @@ class MLflowHook(HookBase):
         """How the run computes (precision, channels_last, threads), chosen or measured: params + tags."""
         self.tracker.log_params(event.precision.to_params())
         self.tracker.set_tags(event.precision.to_tags())
+
+    def on_resume(self, event: Resumed) -> None:
+        """Where the latest resume came from, and the warning when another commit wrote its checkpoint."""
+        tags = {Tag.RESUMED_FROM: f"after epoch {event.epochs_done} from {event.source}"}
+        if event.warning:
+            tags[Tag.RESUME_WARNING] = event.warning
+        self.tracker.set_tags(tags)
 
     def on_lr_find(self, result: LRFindResult) -> None:
         for i, (lr, loss) in enumerate(zip(result.lrs, result.losses, strict=True)):

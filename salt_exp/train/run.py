@@ -16,11 +16,13 @@ from salt_exp.contract import FoldRunTags, FoldStatus, RunStatus, SnapshotVersio
 from salt_exp.errors import SaltError
 from salt_exp.signals import term_as_interrupt
 from salt_exp.stores import download_cache, work_root
-from salt_exp.tracking import RunTracker, fetch_artifact, find_runs
+from salt_exp.tracking import RunTracker, fetch_artifact, find_runs, git_commit
 from salt_exp.train.fold_run import FoldResult, FoldTrainer
 from salt_exp.train.hooks import EpochLog, HookBase
 from salt_exp.train.mlflow_hook import MLflowHook
 from salt_exp.train.setup import FoldData, fold_datasets, load_fold, pseudo_params, pseudo_tags
+from salt_exp.train.state import CheckpointIdentity
+from salt_exp.train.sync import CheckpointSync, restore
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,12 @@ def run_fold(cfg: ExperimentConfig, fold: int, *, study: str = C.ADHOC, trial: i
     validation = [(r.name, r.digest) for r in fold_datasets(fd, fold) if r.context == "validation"]
     hook = MLflowHook(tracker, template, validation[0] if validation else None)
     label = f"{study} fold {C.fold_label(fold)}" if trial is None else f"{study} trial {trial} fold {fold}"
-    hooks = [hook, EpochLog(label), *(extra_hooks or [])]
-    trainer = FoldTrainer(cfg, fd, fold, workdir=work_root() / tracker.run_id, hooks=hooks)
+    workdir = work_root() / tracker.run_id
+    # another machine's synced checkpoint, when it is newer than this machine's (or this machine has none)
+    restored = restore(tracker, workdir) if previous is not None else ""
+    hooks = [hook, EpochLog(label), CheckpointSync(tracker, cfg.sync, label=label), *(extra_hooks or [])]
+    identity = CheckpointIdentity(config_hash=config_hash(cfg), commit=git_commit())
+    trainer = FoldTrainer(cfg, fd, fold, workdir=workdir, hooks=hooks, identity=identity, restored_from=restored)
     status = RunStatus.KILLED
     try:
         with term_as_interrupt():  # SIGTERM: the run is closed as KILLED, like Ctrl-C

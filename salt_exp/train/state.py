@@ -8,6 +8,7 @@ snapshot of a cycle so far and its out-of-fold probabilities). Every write is at
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,12 +100,41 @@ class RunState:
     budget: BudgetPlan | None = None  # schedule.budget_minutes runs only
 
 
+CHECKPOINT_FORMAT = 2  # 2: weights-only payload (tensors and plain metadata) with the writer's config hash and commit
+
+
+@dataclass(frozen=True)
+class CheckpointIdentity:
+    """Who wrote a resume checkpoint: the run's config hash (another config's checkpoint is refused) and git commit
+    (another commit's is used, with a warning)."""
+
+    config_hash: str
+    commit: str
+
+
+def _numpy_rng() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _set_numpy_rng(saved: Any) -> None:
+    if isinstance(saved, dict):
+        keys = saved["keys"].numpy().astype(np.uint32)
+        np.random.set_state((saved["name"], keys, saved["pos"], saved["has_gauss"], saved["cached_gaussian"]))
+    else:  # a format-1 checkpoint: numpy's own tuple
+        np.random.set_state(saved)
+
+
 def save_state(path: Path, state: RunState, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler) -> None:
+               scaler: torch.amp.GradScaler, identity: CheckpointIdentity | None = None) -> None:
+    """``last.pt``: plain tensors and metadata only, so that it loads with ``weights_only=True`` (a checkpoint
+    downloaded from a store runs no pickled code)."""
     payload = {
+        "format": CHECKPOINT_FORMAT, "identity": asdict(identity) if identity else None,
         "state": {**asdict(state), "best": {c: asdict(s) for c, s in state.best.items()}},
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-        "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+        "torch_rng": torch.get_rng_state(), "numpy_rng": _numpy_rng(),
     }
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
@@ -122,28 +152,84 @@ def unreadable_state(path: Path, exc: BaseException, what: str = "cannot be read
                      "same run, keeping what it logged and registered")
 
 
-def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler) -> RunState:
-    """The training state saved by :func:`save_state`, applied to ``model``, ``optimizer``, ``scaler`` and the RNGs;
-    :func:`unreadable_state` (a SaltError) when the file is corrupt or does not fit the run's model."""
+def _read_payload(path: Path) -> dict:
+    """``torch.load(weights_only=True)``; a format-1 checkpoint (numpy's RNG tuple inside) with numpy's array
+    types allowed as well, and nothing else."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "numpy" not in str(exc):
+            raise
+    core = np._core if hasattr(np, "_core") else np.core  # noqa: SLF001 - numpy 2 renamed it
+    legacy = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), core.multiarray._reconstruct]  # noqa: SLF001
+    with torch.serialization.safe_globals(legacy):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_identity(path: Path) -> tuple[int, CheckpointIdentity | None]:
+    """(epochs done, writer) of a resume checkpoint, without applying it; SaltError when it cannot be read."""
+    try:
+        payload = _read_payload(path)
+        ident = payload.get("identity")
+        return int(payload["state"]["epochs_done"]), CheckpointIdentity(**ident) if ident else None
+    except Exception as exc:  # noqa: BLE001 - any failure to read means "cannot be read"
+        raise unreadable_state(path, exc) from exc
+
+
+def check_identity(path: Path, found: CheckpointIdentity | None, expected: CheckpointIdentity | None) -> str:
+    """SaltError when ``path`` was written by another config; a warning (returned, "" when none) when by another
+    commit. Checkpoints written before identities were recorded pass."""
+    if found is None or expected is None:
+        return ""
+    if found.config_hash != expected.config_hash:
+        raise SaltError(f"{path}: this resume checkpoint was written by config {found.config_hash}, this run's config "
+                        f"is {expected.config_hash}: it cannot continue this run; move it aside (mv {path} "
+                        f"{path}.bad) and rerun: the fold retrains from epoch 0 in the same run")
+    if found.commit != expected.commit:
+        return (f"resume checkpoint {path.name} was written at commit {found.commit}, this process runs "
+                f"{expected.commit}: continued anyway (same config); results may differ from an uninterrupted run")
+    return ""
+
+
+def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, *, identity: CheckpointIdentity | None = None) -> tuple[RunState, str]:
+    """The training state saved by :func:`save_state`, applied to ``model``, ``optimizer``, ``scaler`` and the RNGs,
+    and the warning of :func:`check_identity` ("" when none). Snapshot files are looked for beside ``path`` (a
+    checkpoint downloaded to another machine's work folder). :func:`unreadable_state` (a SaltError) when the file is
+    corrupt or does not fit the run's model; a SaltError when another config wrote it."""
+    try:
+        payload = _read_payload(path)
         raw = payload["state"]
         raw["best"] = {int(c): SnapshotRef(**s) for c, s in raw["best"].items()}
         raw["budget"] = BudgetPlan(**raw["budget"]) if raw.get("budget") else None
         state = RunState(**raw)
         parts = payload["model"], payload["optimizer"], payload["scaler"], payload["torch_rng"], payload["numpy_rng"]
+        found = CheckpointIdentity(**payload["identity"]) if payload.get("identity") else None
     except Exception as exc:  # noqa: BLE001 - zip, pickle, EOF, missing keys: any of them means "cannot be read"
         raise unreadable_state(path, exc) from exc
+    warning = check_identity(path, found, identity)
+    for ref in state.best.values():  # files of the folder the checkpoint is in, wherever it was written
+        ref.weights = str(path.parent / Path(ref.weights).name) if ref.weights else ""
+        ref.oof = str(path.parent / Path(ref.oof).name) if ref.oof else ""
     try:
         model.load_state_dict(parts[0])
         optimizer.load_state_dict(parts[1])
         scaler.load_state_dict(parts[2])
         torch.set_rng_state(parts[3])
-        np.random.set_state(parts[4])
+        _set_numpy_rng(parts[4])
     except Exception as exc:  # noqa: BLE001 - shapes or types that are not this run's
         raise unreadable_state(path, exc, "does not fit this run's model") from exc
-    return state
+    return state, warning
+
+
+def travelling_files(folder: Path, state: RunState) -> list[Path]:
+    """What another machine needs to continue the run from ``folder``'s ``last.pt``: the checkpoint, the run's
+    precision choice, and the snapshot files of cycles not yet published (published ones are in the store)."""
+    names = ["last.pt", "precision.json"]
+    for cycle, ref in sorted(state.best.items()):
+        if cycle not in state.published:
+            names += [Path(p).name for p in (ref.weights, ref.oof) if p]
+    return [folder / n for n in names if (folder / n).is_file()]
 
 
 def save_snapshot(folder: Path, *, cycle: int, epoch: int, model: torch.nn.Module, meta: dict[str, Any],
