@@ -104,11 +104,15 @@ def report(parts: list[dict], minutes: float, recipe: str, folds: list[int]) -> 
              f"{done or 'none yet'}", ""]
     if not done:
         return "\n".join(lines)
-    order: list[str] = []
-    for f in done:
+    order: list[str] = []  # every fold's steps in its own order: a step only some folds have (a rule applied
+    for f in done:         # there) goes right after the step it followed in them, not at the end of the chain
+        before = None
         for s in fresh[f]["steps"]:
-            if s["score"] is not None and s["step"] not in order:
-                order.append(s["step"])
+            if s["score"] is None:
+                continue
+            if s["step"] not in order:
+                order.insert(order.index(before) + 1 if before in order else len(order), s["step"])
+            before = s["step"]
     labels = {s["step"]: s["label"] for f in done for s in fresh[f]["steps"]}
     lines += ["| step | " + " | ".join(f"fold {f}" for f in done) + " | OOF mAP | gain | gain sd over folds |",
               "|---|" + "---|" * (len(done) + 3)]

@@ -3,7 +3,7 @@
 Against a local ``mlflow server`` that proxies artifacts (``mlflow-artifacts:``, as for machines that share no disk
 with it), over a fresh SQLite store in a temp folder:
 
-1. ``tiny``: a real fold run of ``configs/tiny.yaml`` on the synthetic set with ``sync.mode=on`` and
+1. ``tiny``: a real fold run of ``configs/tiny.yaml`` on the synthetic set with ``sync.mode=always`` and
    ``sync.max_overhead=1`` (a sync after every epoch); its logged ``sync_seconds`` / ``sync_mb`` / ``sync_overhead``
    against its ``epoch_seconds``: the measured overhead per epoch.
 2. ``resnet34`` / ``se_resnext50_32x4d`` (reference config, untrained, one SGD step so the momentum buffers exist):
@@ -60,7 +60,7 @@ def main() -> None:
     rows = []
     with server as uri:
         os.environ["MLFLOW_TRACKING_URI"] = uri
-        cfg = load_config(ROOT / "configs/tiny.yaml", [f"data.root={args.data}", "sync.mode=on", "sync.max_overhead=1",
+        cfg = load_config(ROOT / "configs/tiny.yaml", [f"data.root={args.data}", "sync.mode=always", "sync.max_overhead=1",
                                                         "schedule.cycles=1", f"schedule.cycle_epochs={args.epochs}"])
         info = run_fold(cfg, 0, study="bench-sync")
         c = client()

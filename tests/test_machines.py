@@ -154,8 +154,9 @@ def test_a_machine_lost_mid_fold_costs_no_synced_epoch(synth_dir, postgres, tmp_
     resumed = [line for line in lines_b if "resumed after epoch" in line]
     assert len(resumed) == 1 and f"resumed after epoch {KILL_AFTER} from the store (resume/e{KILL_AFTER:04d}" in resumed[0], \
         "\n".join(lines_b) or text_b[-4000:]
+    trained = [int(line.split(" epoch ", 1)[1].split("/", 1)[0]) for line in lines_b if " train_loss " in line]
+    assert trained == list(range(KILL_AFTER + 1, EPOCHS[0] * EPOCHS[1] + 1)), lines_b  # from the one after the sync
     synced_b = [line for line in lines_b if "synced the checkpoint after epoch" in line]
-    # the epoch lines replay on resume; a sync follows only an epoch trained here: the first is the one after the kill
     assert synced_b and f"after epoch {KILL_AFTER + 1} to the store" in synced_b[0], lines_b
     assert f"trial {number}" in text_b and "was interrupted" in text_b, text_b[-4000:]
 

@@ -98,13 +98,13 @@ def test_auto_syncs_only_when_the_artifacts_are_not_on_this_disk():
     assert sync_enabled(auto, "s3://bucket/mlruns/1/abc/artifacts")
     assert not sync_enabled(auto, "file:///work/mlruns/artifacts/1/abc/artifacts")
     assert not sync_enabled(auto, "/work/mlruns/artifacts/1/abc/artifacts")
-    assert sync_enabled(SyncConfig(mode="on"), "file:///x") and not sync_enabled(SyncConfig(mode="off"), "s3://b/x")
+    assert sync_enabled(SyncConfig(mode="always"), "file:///x") and not sync_enabled(SyncConfig(mode="never"), "s3://b/x")
 
 
 def test_sync_interval_epochs_minutes_and_the_overhead_bound(mlflow_store, tmp_path):
     tracker = RunTracker.start("salt/sync", "fold0", {"salt.role": "fold"})
     clock, printed = Clock(), []
-    hook = CheckpointSync(tracker, SyncConfig(mode="on", every_epochs=2, every_minutes=1.0, max_overhead=0.1),
+    hook = CheckpointSync(tracker, SyncConfig(mode="always", every_epochs=2, every_minutes=1.0, max_overhead=0.1),
                           label="sync", print_fn=printed.append, clock=clock)
     c = MlflowClient(mlflow_store)
 
@@ -137,7 +137,7 @@ def test_sync_interval_epochs_minutes_and_the_overhead_bound(mlflow_store, tmp_p
 def test_off_or_a_local_store_uploads_nothing(mlflow_store, tmp_path):
     tracker = RunTracker.start("salt/sync", "fold0", {"salt.role": "fold"})
     state = _checkpoint(tmp_path, 1)
-    for cfg in (SyncConfig(mode="off"), SyncConfig()):  # auto over the SQLite store's file: artifacts
+    for cfg in (SyncConfig(mode="never"), SyncConfig()):  # auto over the SQLite store's file: artifacts
         hook = CheckpointSync(tracker, cfg, label="sync", print_fn=lambda s: None)
         hook.on_checkpoint(CheckpointSaved(1, tuple(travelling_files(tmp_path, state))))
     assert not MlflowClient(mlflow_store).list_artifacts(tracker.run_id)
@@ -145,7 +145,7 @@ def test_off_or_a_local_store_uploads_nothing(mlflow_store, tmp_path):
 
 def test_restore_brings_the_stores_checkpoint_unless_the_local_one_is_as_new(mlflow_store, tmp_path):
     tracker = RunTracker.start("salt/sync", "fold0", {"salt.role": "fold"})
-    hook = CheckpointSync(tracker, SyncConfig(mode="on"), label="sync", print_fn=lambda s: None)
+    hook = CheckpointSync(tracker, SyncConfig(mode="always"), label="sync", print_fn=lambda s: None)
     a, b = tmp_path / "machine-a", tmp_path / "machine-b"
     state = _checkpoint(a, 2)
     hook.upload(CheckpointSaved(2, tuple(travelling_files(a, state))))

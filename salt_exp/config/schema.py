@@ -162,7 +162,7 @@ class PseudoConfig:
     max_oversampling: float = _num(4.0, gt=0.0)
 
 
-SyncMode = Literal["auto", "on", "off"]
+SyncMode = Literal["auto", "always", "never"]  # not on/off: YAML 1.1 reads those as booleans
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,7 +170,7 @@ class SyncConfig:
     """A fold run's resume checkpoint copied to the run's artifacts, so that another machine can continue it.
 
     ``mode``: ``auto`` syncs when the run's artifacts do not live on this machine's disk (a tracking server's
-    ``mlflow-artifacts:``, object storage), ``on`` always, ``off`` never (the checkpoint stays in ``$SALT_EXP_WORK``
+    ``mlflow-artifacts:``, object storage), ``always``, or ``never`` (the checkpoint stays in ``$SALT_EXP_WORK``
     only). After an epoch, a sync is due once ``every_epochs`` epochs or ``every_minutes`` minutes (whichever comes
     first) passed since the last one, and is held back while the last measured upload time would exceed
     ``max_overhead`` of the training time since then. Not part of the config hash: it changes no result.

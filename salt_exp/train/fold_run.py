@@ -160,7 +160,7 @@ class FoldTrainer:
         if self.state.lr_find:
             self.hooks.on_lr_find(LRFindResult(**self.state.lr_find))
         for epoch, metrics in enumerate(self.state.history):
-            self.hooks.on_epoch(EpochEnd(epoch, metrics))
+            self.hooks.on_epoch(EpochEnd(epoch, metrics, replayed=True))
         self._publish_finished_cycles()
 
     def _publish_finished_cycles(self, partial: bool = False) -> None:

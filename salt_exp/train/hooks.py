@@ -33,6 +33,7 @@ class RunStart:
 class EpochEnd:
     epoch: int  # 0-based, over all cycles
     metrics: dict[str, float]
+    replayed: bool = False  # re-emitted on resume (trained before, by this or another machine)
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,8 @@ class EpochLog(HookBase):
         self.print(f"[{self.label}] {epochs}; {self.how}; {event.precision.reason}")
 
     def on_epoch(self, event: EpochEnd) -> None:
+        if event.replayed:  # the resume line said where it continues; these epochs were trained (and shown) before
+            return
         m = event.metrics
         self.seconds.append(float(m.get("epoch_seconds", 0.0)))
         left = self.total - event.epoch - 1

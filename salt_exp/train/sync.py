@@ -40,9 +40,9 @@ LAST = "last.pt"
 
 
 def sync_enabled(cfg: SyncConfig, artifact_uri: str) -> bool:
-    """``on``; ``off``; ``auto``: when ``artifact_uri`` is not a path on this machine's disk."""
+    """``always``; ``never``; ``auto``: when ``artifact_uri`` is not a path on this machine's disk."""
     if cfg.mode != "auto":
-        return cfg.mode == "on"
+        return cfg.mode == "always"
     return urlsplit(artifact_uri).scheme not in ("", "file")
 
 
