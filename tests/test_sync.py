@@ -84,6 +84,26 @@ def test_a_checkpoint_loads_weights_only_refuses_another_config_and_warns_for_an
     assert Path(state.best[1].weights).parent == moved and Path(state.best[1].weights).is_file()
 
 
+def test_a_checkpoint_written_before_identities_still_resumes(tmp_path):
+    """Format 1 (before issue 21): numpy's RNG tuple pickled inside, no identity. A run killed before the upgrade
+    continues after it; only numpy's array types are allowed besides plain tensors."""
+    from dataclasses import asdict
+
+    import numpy as np
+
+    parts = _parts()
+    np.random.seed(11)
+    old = tmp_path / "last.pt"
+    torch.save({"state": {**asdict(RunState(epochs_done=4)), "best": {}}, "model": parts["model"].state_dict(),
+                "optimizer": parts["optimizer"].state_dict(), "scaler": parts["scaler"].state_dict(),
+                "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state()}, old)
+    expected = np.random.rand(3)
+    np.random.seed(0)
+    state, warning = load_state(old, identity=CheckpointIdentity("aaaaaaaaaaaa", "1111111"), **_parts())
+    assert state.epochs_done == 4 and warning == "" and read_identity(old) == (4, None)
+    assert np.array_equal(np.random.rand(3), expected)  # numpy's RNG continues where it was saved
+
+
 def test_what_travels_is_the_checkpoint_its_precision_and_the_unpublished_snapshots(tmp_path):
     state = _checkpoint(tmp_path, 3)
     names = [p.name for p in travelling_files(tmp_path, state)]
