@@ -130,7 +130,7 @@ def run_worker(req: StudyRequest) -> list[tuple[int, str]]:
                                        for t in running)
                     _log(spec, f"the trial budget is used; waiting for running trial(s) {owners} to finish, or to "
                                f"take over any whose worker goes silent for stale_after={spec.stale_after:g}s")
-                time.sleep(poll_s(spec.stale_after))
+                time.sleep(min(5.0, poll_s(spec.stale_after)))  # a finished sibling is noticed within 5 s
                 continue
             trial = study.ask()
             if over_budget(study, trial, n_trials):
