@@ -139,7 +139,7 @@ class RunTracker:
             get_artifact_repository(self.artifact_uri, tracking_uri=self.client.tracking_uri).delete_artifacts(
                 artifact_path)
         except Exception as exc:  # noqa: BLE001 - best effort: a left-over folder costs space, not correctness
-            return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            return one_line(exc)
         return ""
 
     def delete_tags(self, keys: list[str]) -> None:

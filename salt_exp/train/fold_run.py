@@ -9,6 +9,7 @@ idempotent (the MLflow hook skips what it already logged).
 from __future__ import annotations
 
 import json
+import socket
 import time
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
@@ -240,8 +241,6 @@ class FoldTrainer:
         self.hooks.on_start(RunStart(self.precision, self.total_epochs, budget_minutes=unplanned,
                                      cycle_epochs=self.cycle_epochs))
         if resumed:
-            import socket
-
             source = self.restored_from or f"{socket.gethostname()}'s work folder"
             self.hooks.on_resume(Resumed(self.state.epochs_done, source, warning))
             self._replay()

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from salt_exp import contract as C
 from salt_exp.config.schema import SyncConfig
 from salt_exp.contract import Tag
-from salt_exp.errors import SaltError
+from salt_exp.errors import SaltError, one_line
 from salt_exp.tracking import RunTracker
 from salt_exp.train.hooks import CheckpointSaved, HookBase, RunEnd
 from salt_exp.train.state import read_identity
@@ -109,7 +109,7 @@ class CheckpointSync(HookBase):
         """A finished run is never resumed: its synced checkpoint goes (a failed or killed one keeps it)."""
         if not self.enabled or event.status != C.FoldStatus.FINISHED:
             return
-        current = self.tracker.tags().get(Tag.RESUME_CHECKPOINT, "")
+        current = self.current  # the run's tag: read when the hook started, kept by each upload
         if current and self.tracker.delete_artifacts(current) == "":
             self.tracker.delete_tags([Tag.RESUME_CHECKPOINT, Tag.RESUME_EPOCH])
 
@@ -138,8 +138,7 @@ def restore(tracker: RunTracker, workdir: Path) -> str:
             got = tracker.download_artifacts(folder, staging)
         except Exception as exc:  # noqa: BLE001 - a folder the tag names but the store lost
             raise SaltError(f"run {tracker.run_id}: its synced resume checkpoint {folder} (tag "
-                            f"{Tag.RESUME_CHECKPOINT}) cannot be downloaded ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); delete the tag to resume from "
+                            f"{Tag.RESUME_CHECKPOINT}) cannot be downloaded ({one_line(exc)}); delete the tag to resume from "
                             "this machine's work folder or from epoch 0") from exc
         files = sorted(p for p in got.iterdir() if p.is_file())
         if LAST not in {p.name for p in files}:
