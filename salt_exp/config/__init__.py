@@ -15,6 +15,7 @@ from salt_exp.config.files import apply_overrides, config_from_dict, load_config
 from salt_exp.config.schema import (
     AugmentConfig,
     Channels,
+    ContextConfig,
     DataConfig,
     Device,
     ExperimentConfig,
@@ -44,6 +45,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "OptimName",
+    "ContextConfig",
     "PaddingConfig",
     "PaddingMode",
     "PseudoConfig",

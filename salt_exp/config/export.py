@@ -97,7 +97,9 @@ _HASH_OMIT = (
 # Sections added later, left out of the hash while they change nothing: (section, when-inert test). Without
 # pseudo-labels the pseudo section's confidence rules are unused; with them, the labels URI names one label set.
 # The sync section says where a resume checkpoint is copied, never what is trained: always left out.
-_HASH_OMIT_SECTIONS = (("pseudo", lambda sec: not sec.get("labels")), ("sync", lambda sec: True))
+# A context section at its default (mode none) changes nothing either: configs from before it hash as they did.
+_HASH_OMIT_SECTIONS = (("pseudo", lambda sec: not sec.get("labels")), ("sync", lambda sec: True),
+                       ("context", lambda sec: sec.get("mode", "none") == "none"))
 
 
 def config_hash(cfg: ExperimentConfig, length: int = 12) -> str:

@@ -18,6 +18,7 @@ PaddingMode = Literal["replicate", "reflect", "reflect_replicate", "zero", "biha
 OptimName = Literal["sgd", "adam", "adamw"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16"]
+ContextMode = Literal["none", "image"]
 
 
 def _prob(default: float) -> Any:
@@ -162,6 +163,23 @@ class PseudoConfig:
     max_oversampling: float = _num(4.0, gt=0.0)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ContextConfig:
+    """Mosaic context: what fills a tile's padding (``padding.size``, 128 by default: 13 / 14 pixels a side).
+
+    ``mode``: ``none`` pads every tile (``padding.mode``); ``image`` copies the neighbouring tiles' pixels into the
+    padding where the mosaic table places a neighbour (train or test tile, images only, never a mask) and pads the
+    rest, so a tile's salt boundary can be seen continuing across its edge. The canvas keeps the model's input
+    size: the compute is the plain model's. ``validity``: one more input plane, 1 on real pixels (the tile and its
+    neighbours), 0 on padding. Loss and metric stay on the centre 101 x 101. A neighbour on the other side of the
+    fold split (a validation tile beside a training tile, which only a non-mosaic folds scheme allows) is treated
+    as absent, so no fold sees another's pixels.
+    """
+
+    mode: ContextMode = "none"
+    validity: bool = True
+
+
 SyncMode = Literal["auto", "always", "never"]  # not on/off: YAML 1.1 reads those as booleans
 
 
@@ -193,6 +211,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     padding: PaddingConfig = field(default_factory=PaddingConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -228,6 +247,13 @@ def check_consistency(cfg: ExperimentConfig, where: str) -> None:
     if low > high:
         raise SaltError(f"{where}: augment.gamma_limit must be [low, high] with low <= high, got {[low, high]}")
     _check_pseudo(cfg.pseudo, where)
+    if cfg.context.mode != "none":
+        if cfg.padding.mode == "resize":
+            raise SaltError(f"{where}: context.mode {cfg.context.mode} fills the padding, so padding.mode must not be "
+                            "resize (it has no padding)")
+        if cfg.augment.shift_scale_rotate > 0:
+            raise SaltError(f"{where}: augment.shift_scale_rotate is not supported with context.mode "
+                            f"{cfg.context.mode} (it would move unlabelled neighbour pixels into the tile); set it to 0")
 
 
 def _check_pseudo(p: PseudoConfig, where: str) -> None:

@@ -18,15 +18,22 @@ from salt_exp.errors import SaltError
 
 DEPTH_SCALE = 1000.0  # TGS depths are ~50..960 ft, so z / 1000 lies in [0, 1)
 CHANNEL_MODES = {"raw": 1, "depth": 3, "coord": 3}
+TILE = 101
 
 PairFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def num_channels(channels: str) -> int:
-    """Input planes for a channel mode: raw -> 1; depth, coord -> 3 (tile, plane, tile*plane)."""
+def num_channels(channels: str, *, validity: bool = False) -> int:
+    """Input planes for a channel mode: raw -> 1; depth, coord -> 3 (tile, plane, tile*plane); ``validity``: one
+    more (a context canvas's validity plane)."""
     if channels not in CHANNEL_MODES:
         raise SaltError(f"unknown channels mode {channels!r}; valid: {', '.join(CHANNEL_MODES)}")
-    return CHANNEL_MODES[channels]
+    return CHANNEL_MODES[channels] + int(validity)
+
+
+def input_channels(cfg) -> int:
+    """The model's input planes under an experiment config (its channel mode, plus a context validity plane)."""
+    return num_channels(cfg.data.channels, validity=cfg.context.mode != "none" and cfg.context.validity)
 
 
 def _planes(tile: torch.Tensor, depth: float, channels: str) -> torch.Tensor:
@@ -48,6 +55,11 @@ class TileDataset(Dataset):
     ``(image, mask) -> (image, mask)`` callable applied before the planes are built (so the coord
     plane always describes the output rows). Items:
     ``{"image": float32 (C, H, W) in [0, 1], "mask": float32 (1, H, W) 0/1, "index": int}``.
+
+    Context canvases (:mod:`salt_exp.data.context`): ``images`` are (N, S, S) canvases, ``validity`` their
+    (N, S, S) uint8 planes, ``masks`` still (N, 101, 101); the transform (a ``CanvasTransform``) then moves the
+    canvas and a packed label plane (the mask in the middle + 2 x validity) together, the item's mask is the
+    middle 101 x 101 again and its image gets the validity as one more plane when ``validity_plane``.
     """
 
     def __init__(
@@ -58,13 +70,18 @@ class TileDataset(Dataset):
         channels: str = "raw",
         *,
         transform: PairFn | None = None,
+        validity: np.ndarray | None = None,
+        validity_plane: bool = True,
     ) -> None:
         num_channels(channels)
         if images.ndim != 3 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
+        if validity is not None and (validity.shape != images.shape or validity.dtype != np.uint8):
+            raise ValueError(f"validity must be uint8 {images.shape}, got {validity.dtype} {validity.shape}")
+        tile_shape = (len(images), TILE, TILE) if validity is not None else images.shape
         if masks is not None:
-            if masks.shape != images.shape or masks.dtype != np.uint8:
-                raise ValueError(f"masks must be uint8 {images.shape}, got {masks.dtype} {masks.shape}")
+            if masks.shape != tile_shape or masks.dtype != np.uint8:
+                raise ValueError(f"masks must be uint8 {tile_shape}, got {masks.dtype} {masks.shape}")
             if masks.size and masks.max() > 1:
                 raise ValueError(f"masks must be 0/1, got max {masks.max()} (binarise 0/255 or 0/65535 first)")
         if depths is None and channels != "raw":
@@ -72,12 +89,15 @@ class TileDataset(Dataset):
         if depths is not None and np.shape(depths) != (len(images),):
             raise ValueError(f"depths must have shape ({len(images)},), got {np.shape(depths)}")
         self.images, self.masks, self.channels, self.transform = images, masks, channels, transform
+        self.validity, self.validity_plane = validity, validity_plane
         self.depths = None if depths is None else np.asarray(depths, dtype=np.float64)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.validity is not None:
+            return self._canvas_item(index)
         image = self.images[index]
         mask = self.masks[index] if self.masks is not None else np.zeros_like(image)
         if self.transform is not None:
@@ -87,6 +107,24 @@ class TileDataset(Dataset):
         item: dict[str, Any] = {"image": _planes(tile, depth, self.channels), "index": int(index)}
         if self.masks is not None:
             item["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).float()[None]
+        return item
+
+    def _canvas_item(self, index: int) -> dict[str, Any]:
+        canvas, size = self.images[index], self.images.shape[-1]
+        b = (size - TILE) // 2
+        packed = self.validity[index] * np.uint8(2)
+        if self.masks is not None:
+            packed[b:b + TILE, b:b + TILE] |= self.masks[index]
+        if self.transform is not None:
+            canvas, packed = self.transform(canvas, packed)
+        plane = torch.from_numpy(np.ascontiguousarray(canvas)).float().div_(255.0)
+        depth = float(self.depths[index]) if self.depths is not None else 0.0
+        planes = _planes(plane, depth, self.channels)
+        if self.validity_plane:
+            planes = torch.cat([planes, torch.from_numpy((packed >> 1).astype(np.float32))[None]])
+        item: dict[str, Any] = {"image": planes, "index": int(index)}
+        if self.masks is not None:
+            item["mask"] = torch.from_numpy((packed[b:b + TILE, b:b + TILE] & 1).astype(np.float32))[None]
         return item
 
     def reseed(self, seed: int) -> None:

@@ -105,7 +105,21 @@ class TileAdapter:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # biharmonic tiles by content hash
         self._cache_items = cache_items
 
+    def is_canvas(self, x: torch.Tensor) -> bool:
+        """``x`` is already (B, C, size, size): a context canvas, its padding filled (salt_exp.data.context)."""
+        return self.mode != "resize" and x.ndim == 4 and tuple(x.shape[-2:]) == (self.size, self.size)
+
+    def hflip(self, x: torch.Tensor) -> torch.Tensor:
+        """The left-right flip of (B, C, 101, 101) tiles, or of canvases about their tile's centre column."""
+        if self.is_canvas(x):
+            from salt_exp.data.context import hflip_canvas
+
+            return hflip_canvas(x)
+        return torch.flip(x, dims=[3])
+
     def pad(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_canvas(x):
+            return x
         self._check(x, TILE)
         b, a = self.before, self.after
         if self.mode == "resize":

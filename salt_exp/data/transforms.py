@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import replace
 
 import albumentations as A
 import cv2
 import numpy as np
 
 from salt_exp.config import AugmentConfig
+
+TILE = 101
 
 PairFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -105,14 +108,79 @@ def _augmentations(cfg: AugmentConfig, tile_size: int) -> list[A.BasicTransform]
     return [make(prob) for prob, make in candidates if prob > 0.0]
 
 
-def build_train_transform(augment_cfg: AugmentConfig, seed: int, *, tile_size: int = 101) -> PairTransform:
-    """Seeded training augmentation for ``tile_size`` x ``tile_size`` uint8 tiles and 0/1 masks.
+def build_train_transform(augment_cfg: AugmentConfig, seed: int, *, tile_size: int = 101,
+                          canvas: int | None = None) -> PairTransform | CanvasTransform:
+    """Seeded training augmentation for ``tile_size`` x ``tile_size`` uint8 tiles and 0/1 masks; with ``canvas``
+    (context canvases of that size, :mod:`salt_exp.data.context`) a :class:`CanvasTransform` instead.
 
     The same ``seed`` and the same sequence of calls give the same outputs.
     """
     if augment_cfg.crop > 0.0 and augment_cfg.crop_size > tile_size:
         raise ValueError(f"crop_size {augment_cfg.crop_size} exceeds the tile size {tile_size}")
+    if canvas is not None:
+        return CanvasTransform(augment_cfg, seed, canvas)
     return PairTransform(A.Compose(_augmentations(augment_cfg, tile_size), p=1.0), seed)
+
+
+class CanvasTransform:
+    """The training augmentation of a context canvas (S, S) and its packed label plane (S, S) uint8 (the tile's mask
+    in the middle, plus 2 x validity), so that the tile and its neighbours move together.
+
+    Pixel transforms and cutout act on the whole canvas (as on a tile). The fixed-size crop zooms by
+    101 / ``crop_size`` about a point chosen so that the output's centre 101 x 101 comes from inside the tile
+    (its labels are known; the neighbours' are not), with the same freedom of position a tile's crop has. The
+    h-flip turns the canvas about the tile's centre column (:func:`salt_exp.data.context.hflip_canvas`).
+    Shift-scale-rotate is refused by the config check (it would move unlabelled pixels into the tile).
+    """
+
+    def __init__(self, cfg: AugmentConfig, seed: int, size: int) -> None:
+        pixel = [t for t in _augmentations(replace(cfg, crop=0.0, hflip=0.0, shift_scale_rotate=0.0), TILE)]
+        self._pixel = A.Compose(pixel, p=1.0)
+        self.cfg, self.size = cfg, size
+        self.before = (size - TILE) // 2
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        self._pixel.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        self._rng = np.random.default_rng([seed, 1])  # the geometric draws: a stream of their own
+
+    @property
+    def transforms(self) -> list[A.BasicTransform]:
+        return list(self._pixel.transforms)
+
+    def crop_window(self) -> tuple[int, int, int]:
+        """(top, left, width) of the crop's window on the canvas."""
+        s, b = self.size, self.before
+        width = int(round(s * self.cfg.crop_size / TILE))
+        zoom = width / s
+        lo, hi = b - b * zoom, b + TILE - (b + TILE) * zoom  # the window's corner keeps the output centre in the tile
+        first, last = int(np.ceil(lo)), int(np.floor(hi))
+        if last < first:
+            first = last = int(round(lo))
+        top, left = (int(v) for v in self._rng.integers(first, last + 1, size=2))
+        return top, left, width
+
+    def __call__(self, image: np.ndarray, packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from salt_exp.data.context import hflip_canvas
+
+        if image.shape != (self.size, self.size) or packed.shape != image.shape or image.dtype != np.uint8:
+            raise ValueError(f"expected uint8 ({self.size}, {self.size}) canvas and label plane, got {image.dtype} "
+                             f"{image.shape} and {packed.shape}")
+        if self._pixel.transforms:
+            image = self._pixel(image=image, mask=packed)["image"]
+        cfg = self.cfg
+        if cfg.crop > 0.0 and self._rng.random() < cfg.crop:
+            top, left, width = self.crop_window()
+            window = (slice(top, top + width), slice(left, left + width))
+            image = cv2.resize(image[window], (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+            packed = cv2.resize(packed[window], (self.size, self.size), interpolation=cv2.INTER_NEAREST)
+        if cfg.hflip > 0.0 and self._rng.random() < cfg.hflip:
+            image = hflip_canvas(image)
+            packed = hflip_canvas(packed)
+            shift = self.size - TILE - 2 * self.before
+            if shift:
+                packed[:, -shift:] &= 1  # the invented outermost column holds no real pixel
+        return np.ascontiguousarray(image), np.ascontiguousarray(packed)
 
 
 def identity_transform(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

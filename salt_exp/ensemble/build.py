@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from salt_exp import contract as C
+from salt_exp.data.context import ContextPool, TileContext
 from salt_exp.data.kaggle import KaggleData, load_kaggle
 from salt_exp.data.rle import rle_encode
 from salt_exp.ensemble.jigsaw import untrusted_seams
@@ -162,7 +163,8 @@ def build_ensemble(spec: EnsembleSpec, cache: Path) -> tuple[EnsembleResult, Kag
         raise SaltError(f"full_fit: only, but {', '.join(spec.models)} hold no full-data fit; "
                         "train one with `salt-exp cv CONFIG --full-fit`")
     data = _data_for(spec, selection)
-    members = MemberOOF(data.train, cache, spec.device)
+    pool = ContextPool.from_data(data)  # the neighbour images context members read
+    members = MemberOOF(data.train, cache, spec.device, pool=pool)
     candidates = selection
     if opts.selection == "greedy":
         selection = greedy_members(selection, members.source(opts.oof_tta), data.train, spec.threshold)
@@ -183,7 +185,7 @@ def build_ensemble(spec: EnsembleSpec, cache: Path) -> tuple[EnsembleResult, Kag
                                   fold_thresholds={str(f.fold): float(f.threshold) for f in oof.folds})
     test_probs = None
     if data.test is not None:
-        test_probs = predictor.probs(data.test.images, data.test.depths,
+        test_probs = predictor.probs(data.test.images, data.test.depths, context=TileContext(pool, data.test.ids.tolist()),
                                      progress=_Progress(len(predictor.members), len(data.test.ids), "test tiles"))
 
     # the rules, measured on OOF with the neighbours the test prediction has (see OOFRules)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from salt_exp.contract import read_snapshot_oof
+from salt_exp.data.context import ContextPool, TileContext
 from salt_exp.data.kaggle import TileSet
 from salt_exp.ensemble.select import Member
 from salt_exp.errors import SaltError
@@ -55,8 +56,9 @@ class MemberOOF:
     """Every member's out-of-fold probabilities, each read or predicted once: ``plain`` what its run stored,
     ``tta`` its validation tiles predicted again with h-flip TTA (the test prediction's view)."""
 
-    def __init__(self, train: TileSet, cache: Path, device: str = "auto") -> None:
+    def __init__(self, train: TileSet, cache: Path, device: str = "auto", pool: ContextPool | None = None) -> None:
         self.train, self.cache, self.device = train, cache, device
+        self.pool = pool  # the neighbour images a context member reads (its other folds' train tiles left out)
         self._plain: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._tta: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -75,7 +77,12 @@ class MemberOOF:
             ids = self.plain(member)[0]
             pos = self.train.position(ids)
             t0 = time.perf_counter()
-            probs = member_predictor(member, self.cache, self.device).probs(self.train.images[pos], self.train.depths[pos])
+            context = None
+            if self.pool is not None:
+                others = self.train.ids[~np.isin(self.train.ids, ids)]  # across the fold split: treated as absent
+                context = TileContext(self.pool, ids.astype(str).tolist(), frozenset(others.astype(str).tolist()))
+            probs = member_predictor(member, self.cache, self.device).probs(self.train.images[pos], self.train.depths[pos],
+                                                                            context=context)
             self._tta[member.key] = ids, probs.astype(np.float16).astype(np.float32)  # stored precision, as plain
             print(f"[ensemble] OOF with h-flip TTA: {member.key} (fold {member.fold}) predicted {len(ids)} validation "
                   f"tiles ({time.perf_counter() - t0:.0f} s)", flush=True)

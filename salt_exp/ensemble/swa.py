@@ -84,8 +84,12 @@ def recalibrate_bn(model: torch.nn.Module, adapter: TileAdapter, batches: Iterab
 def bn_batches(cfg: ExperimentConfig, fd: FoldData, limit: int | None = None) -> Iterator[dict]:
     """The fold's training tiles without augmentation, in training-size batches of a seeded order (the last
     partial batch dropped when there is more than one batch's worth); at most ``limit`` batches."""
-    t = fd.data.train
-    ds = TileDataset(t.images[fd.train_idx], None, t.depths[fd.train_idx], cfg.data.channels)
+    t, c = fd.data.train, fd.context
+    if c is not None:  # a context model recalibrates on its training canvases
+        ds = TileDataset(c.train.images, None, t.depths[fd.train_idx], cfg.data.channels, validity=c.train.validity,
+                         validity_plane=c.validity_plane)
+    else:
+        ds = TileDataset(t.images[fd.train_idx], None, t.depths[fd.train_idx], cfg.data.channels)
     bs = cfg.optim.batch_size
     loader = make_loader(ds, bs, True, cfg.train.workers, seed=cfg.seed, drop_last=len(ds) > bs)
     return itertools.islice(loader, limit)

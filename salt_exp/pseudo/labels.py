@@ -19,6 +19,7 @@ import pandas as pd
 
 from salt_exp.config import PseudoConfig
 from salt_exp.contract import FULL_FIT, FoldPseudoLabels, SnapshotVersion, read_snapshot_oof
+from salt_exp.data.context import ContextPool, TileContext
 from salt_exp.data.kaggle import TileSet
 from salt_exp.ensemble.predict import member_predictor
 from salt_exp.errors import SaltError
@@ -40,6 +41,7 @@ class Labeller:
     rules: tuple[str, ...]
     broken: tuple[Seam, ...] = ()
     confidence: PseudoConfig
+    pool: ContextPool | None = None  # the neighbour images context members read (None: every tile padded alone)
     calibration: dict = field(default_factory=dict)  # fold -> confidence.calibration of its labels (filled by label)
 
     def predictor(self, groups: Sequence[Sequence[object]], *, threshold: float,
@@ -51,6 +53,13 @@ class Labeller:
             known = KnownTiles.from_tiles(self.train.ids[keep], self.train.masks[keep], self.train.blank[keep], self.frame)
         seams = {"broken": self.broken} if self.broken else {}  # the jigsaw seam check, where the ensemble had one
         return EnsemblePredictor(groups, threshold=threshold, rules=self.rules, known=known, mosaics=self.frame, **seams)
+
+    def context(self, hidden: Sequence[str] = ()) -> TileContext | None:
+        """The test tiles' context for a context member: ``hidden`` (fold k's validation tiles) not even as
+        neighbour images, since fold k then trains on these labels."""
+        if self.pool is None:
+            return None
+        return TileContext(self.pool, self.test.ids.astype(str).tolist(), frozenset(np.asarray(hidden).astype(str).tolist()))
 
     def label(self, predictor: EnsemblePredictor, probs: np.ndarray, fold: int) -> FoldPseudoLabels:
         """The kept tiles of (N, 101, 101) test probabilities: ``predictor``'s masks, the confidence rules."""
@@ -67,7 +76,7 @@ class Labeller:
         """Fold ``fold``'s labels from its own ``members`` at its ``threshold``, its validation tiles (``hidden``)
         unseen by the rules; and the members' mean test probabilities (N, 101, 101) float32."""
         predictor = self.predictor([members], threshold=threshold, hidden=hidden)
-        probs = predictor.probs(self.test.images, self.test.depths)
+        probs = predictor.probs(self.test.images, self.test.depths, context=self.context(hidden))
         return self.label(predictor, probs, fold), probs
 
 
@@ -96,7 +105,7 @@ def make_labels(source: SourceEnsemble, labeller: Labeller, val_ids: dict[int, n
     used = [g for f, g in groups.items() if f != FULL_FIT]
     if FULL_FIT in groups:
         full = labeller.predictor([groups[FULL_FIT]], threshold=source.threshold)
-        probs = full.probs(labeller.test.images, labeller.test.depths)
+        probs = full.probs(labeller.test.images, labeller.test.depths, context=labeller.context())
         total, used = (probs, [groups[FULL_FIT]]) if source.full_fit_only else (total + probs, [*used, groups[FULL_FIT]])
     every = labeller.predictor(used, threshold=source.threshold)
     out[FULL_FIT] = labeller.label(every, (total / len(used)).astype(np.float32), FULL_FIT)

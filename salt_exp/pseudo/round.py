@@ -20,6 +20,7 @@ from salt_exp import contract as C
 from salt_exp.config import ExperimentConfig, load_config
 from salt_exp.contract import FULL_FIT, FoldPseudoLabels, PseudoLabels, RunStatus, Tag
 from salt_exp.cv import CVResult, parse_folds, run_cv
+from salt_exp.data.context import ContextPool
 from salt_exp.errors import SaltError, one_line
 from salt_exp.pseudo.source import SourceEnsemble, resolve_source
 from salt_exp.tracking import RunTracker, fetch_artifact, find_runs, temp_dir
@@ -155,7 +156,7 @@ def _label(source: SourceEnsemble, cfg: ExperimentConfig, run_id: str, cache: Pa
     check_member_folds(source.fold_members(), val_ids, cache)
     frame, _ = mosaic_table(data)
     labeller = Labeller(test=data.test, train=data.train, frame=frame, rules=source.rules, broken=source.broken,
-                        confidence=cfg.pseudo)
+                        confidence=cfg.pseudo, pool=ContextPool.from_data(data))
     folds = make_labels(source, labeller, val_ids, cache, device)
     for fold, fl in folds.items():
         print(f"[pseudo] fold {C.fold_label(fold)}: kept {fl.kept_empty} empty + {fl.kept_nonempty} non-empty of "

@@ -162,7 +162,10 @@ def run_predict(inner: Any, tiles: Tiles, *, probs: bool = False, device: str = 
         if hasattr(predictor, "groups"):
             return predictor.predict(tiles.images, ids=tiles.ids, depths=tiles.depths, positions=tiles.positions,
                                      probs=probs, progress=bar.update)
-        p = predictor.probs(tiles.images, tiles.depths, progress=bar.update)
+        from salt_exp.serving.predictor import call_context, mosaic_frame
+
+        context = call_context(tiles.images, tiles.ids, mosaic_frame(None, tiles.ids, tiles.positions))
+        p = predictor.probs(tiles.images, tiles.depths, progress=bar.update, context=context)
     return p if probs else (p > float(inner.meta.get("threshold", 0.5))).astype(np.uint8)
 
 

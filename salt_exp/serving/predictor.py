@@ -13,12 +13,15 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from salt_exp.errors import SaltError
+
+if TYPE_CHECKING:
+    from salt_exp.data.context import TileContext
 
 Progress = Callable[[int], None] | None  # called with the number of tiles of each finished batch
 
@@ -73,8 +76,11 @@ class SnapshotPredictor:
             self._parts = parts
         return parts
 
-    def probs(self, images: np.ndarray, depths: np.ndarray | None = None, progress: Progress = None) -> np.ndarray:
-        """(N, 101, 101) float32 probabilities of uint8 ``images``, averaged with the h-flipped view."""
+    def probs(self, images: np.ndarray, depths: np.ndarray | None = None, progress: Progress = None,
+              context: TileContext | None = None) -> np.ndarray:
+        """(N, 101, 101) float32 probabilities of uint8 ``images``, averaged with the h-flipped view. ``context``:
+        the tiles' ids and neighbour images, read by a context model (``context.mode`` image) and ignored by others."""
+        from salt_exp.data.context import model_inputs
         from salt_exp.data.dataset import TileDataset, make_loader
         from salt_exp.train.engine import choose_runtime, predict
         from salt_exp.train.precision import resolve_device
@@ -86,7 +92,8 @@ class SnapshotPredictor:
                             "(params.depths, or --data DIR with depths.csv)")
         if cfg.data.channels == "coord" and depths is None:
             depths = np.zeros(len(images), np.float32)  # the coord plane does not read depths
-        ds = TileDataset(images, None, depths, cfg.data.channels)
+        inputs, validity = model_inputs(cfg, images, context)
+        ds = TileDataset(inputs, None, depths, cfg.data.channels, validity=validity, validity_plane=cfg.context.validity)
         cuda = resolve_device(self.device).type == "cuda"
         loader = make_loader(ds, t.val_batch_size, False, 0, seed=cfg.seed, pin_memory=cuda)
         # the snapshot's own precision rule (auto: a prediction pass timed in fp32 and bf16, cached per CPU and model)
@@ -130,6 +137,15 @@ class KnownTiles:
 
 
 Position = tuple[int, int, int] | None  # (mosaic_id, x, y) of a tile; None: the stored position, if any
+
+
+def call_context(images: np.ndarray, ids: Sequence[str], frame: pd.DataFrame | None) -> TileContext:
+    """A prediction call's own tiles as one another's context neighbours, placed by ``frame``. (The labelled tiles
+    an ensemble carries hold stand-in images, :meth:`KnownTiles.images`, so they cannot serve.)"""
+    from salt_exp.data.context import ContextPool, TileContext
+
+    ids = [str(i) for i in ids]
+    return TileContext(ContextPool(ids, np.asarray(images, np.uint8), frame), ids)
 
 
 def mosaic_frame(stored: pd.DataFrame | None, ids: Sequence[str] | None,
@@ -179,9 +195,11 @@ class EnsemblePredictor:
     def members(self) -> list[SnapshotPredictor]:
         return [m for g in self.groups for m in g]
 
-    def probs(self, images: np.ndarray, depths: np.ndarray | None = None, progress: Progress = None) -> np.ndarray:
-        """(N, 101, 101) float32: mean over each group's members, then over the groups."""
-        per_group = [np.mean([m.probs(images, depths, progress) for m in g], axis=0) for g in self.groups]
+    def probs(self, images: np.ndarray, depths: np.ndarray | None = None, progress: Progress = None,
+              context: TileContext | None = None) -> np.ndarray:
+        """(N, 101, 101) float32: mean over each group's members, then over the groups (``context``: as for
+        :meth:`SnapshotPredictor.probs`)."""
+        per_group = [np.mean([m.probs(images, depths, progress, context) for m in g], axis=0) for g in self.groups]
         return np.mean(per_group, axis=0).astype(np.float32)
 
     def masks_from_probs(self, probs: np.ndarray, images: np.ndarray, ids: Sequence[str] | None = None,
@@ -205,9 +223,16 @@ class EnsemblePredictor:
 
     def predict(self, images: np.ndarray, *, ids: Sequence[str] | None = None, depths: np.ndarray | None = None,
                 positions: Sequence[Position] | None = None, probs: bool = False,
-                progress: Progress = None) -> np.ndarray:
-        p = self.probs(images, depths, progress)
+                progress: Progress = None, context: TileContext | None = None) -> np.ndarray:
+        """Masks (or probabilities) of ``images``. A context member reads ``context``, or else, when the tiles have
+        ids, the call's own tiles as one another's neighbours (placed by ``positions`` or the stored mosaics)."""
+        if context is None and ids is not None and self._reads_context():
+            context = call_context(images, ids, mosaic_frame(self.mosaics, ids, positions))
+        p = self.probs(images, depths, progress, context)
         return p if probs else self.masks_from_probs(p, images, ids, positions)
+
+    def _reads_context(self) -> bool:
+        return any(m.parts()[2].context.mode != "none" for m in self.members)
 
     # ------------------------------------------------------------ files (what the registered model stores)
 

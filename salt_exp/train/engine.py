@@ -95,7 +95,8 @@ class Runtime:
 
 
 def forward_cropped(model: torch.nn.Module, adapter: TileAdapter, images: torch.Tensor) -> SaltOutput:
-    """Pad (B, C, 101, 101) -> model -> logits cropped back to (B, 1, 101, 101)."""
+    """Pad (B, C, 101, 101) -> model -> logits cropped back to (B, 1, 101, 101); a context canvas (B, C, S, S) goes
+    in as it is."""
     return model(adapter.pad(images)).map_spatial(adapter.crop)
 
 
@@ -186,7 +187,7 @@ def prediction_step_fn(model: torch.nn.Module, adapter: TileAdapter, batch: dict
             x = rt.to_input(images)
             forward_cropped(model, adapter, x)
             if hflip_tta:
-                forward_cropped(model, adapter, torch.flip(x, dims=[3]))
+                forward_cropped(model, adapter, adapter.hflip(x))
         return len(images)
 
     return step
@@ -234,7 +235,7 @@ def predict(model: torch.nn.Module, adapter: TileAdapter, batches: Iterable[dict
             out = forward_cropped(model, adapter, images)
             logits = out.fused.float()
             if hflip_tta:
-                flipped = forward_cropped(model, adapter, torch.flip(images, dims=[3])).fused.float()
+                flipped = forward_cropped(model, adapter, adapter.hflip(images)).fused.float()
                 logits = 0.5 * (logits + torch.flip(flipped, dims=[3]))
             if loss_fn is not None:
                 loss, _ = loss_fn(out, batch["mask"].to(rt.device))

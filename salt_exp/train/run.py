@@ -20,7 +20,7 @@ from salt_exp.tracking import RunTracker, fetch_artifact, find_runs, git_commit
 from salt_exp.train.fold_run import FoldResult, FoldTrainer
 from salt_exp.train.hooks import EpochLog, HookBase
 from salt_exp.train.mlflow_hook import MLflowHook
-from salt_exp.train.setup import FoldData, fold_datasets, load_fold, pseudo_params, pseudo_tags
+from salt_exp.train.setup import FoldData, context_params, fold_datasets, load_fold, pseudo_params, pseudo_tags
 from salt_exp.train.state import CheckpointIdentity
 from salt_exp.train.sync import CheckpointSync, restore
 
@@ -58,7 +58,7 @@ def _start(cfg: ExperimentConfig, tags: FoldRunTags, *, trial: int | None, paren
     fold = C.fold_label(tags.fold)
     name = "full-fit" if tags.fold == C.FULL_FIT else f"fold{fold}" if trial is None else f"trial{trial}-fold{fold}"
     tracker = RunTracker.start(C.experiment_name(tags.study), name, {**tags.to_tags(), **pseudo_tags(fd)}, parent_run_id)
-    tracker.log_params({**flatten(cfg), "fold": fold, **pseudo_params(fd), **(extra_params or {})})
+    tracker.log_params({**flatten(cfg), "fold": fold, **pseudo_params(fd), **context_params(fd), **(extra_params or {})})
     tracker.log_text(dump_yaml(cfg), C.CONFIG_FILE)
     tracker.log_artifact(fd.folds_file, C.FOLDS_DIR)
     tracker.log_datasets(fold_datasets(fd, tags.fold))

@@ -12,7 +12,7 @@ import torch
 
 from salt_exp.config import ExperimentConfig
 from salt_exp.contract import FULL_FIT, DatasetRecord, Tag, fold_label, read_pseudo_labels
-from salt_exp.data.dataset import MixedSampler, TileDataset, make_loader, num_channels
+from salt_exp.data.dataset import MixedSampler, TileDataset, input_channels, make_loader
 from salt_exp.data.folds import folds_path, load_or_create_folds
 from salt_exp.data.kaggle import KaggleData, load_kaggle
 from salt_exp.data.padding import TileAdapter
@@ -35,8 +35,30 @@ class PseudoTiles:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Canvases:
+    """Context canvases (N, S, S) uint8 and their validity planes, and how many of the N tiles have a neighbour."""
+
+    images: np.ndarray
+    validity: np.ndarray
+    linked: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class FoldContext:
+    """The context canvases of one fold (``context.mode`` not none): its training tiles' (validation tiles
+    excluded as neighbours), its validation tiles' (training tiles excluded) and its pseudo tiles' (validation
+    tiles excluded), so that nothing crosses the fold split (salt_exp.data.context)."""
+
+    train: Canvases
+    val: Canvases
+    pseudo: Canvases | None
+    validity_plane: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class FoldData:
-    """The train/validation split of one fold, arrays in memory; ``pseudo``: its pseudo-labelled tiles, if any."""
+    """The train/validation split of one fold, arrays in memory; ``pseudo``: its pseudo-labelled tiles, if any;
+    ``context``: its context canvases, under ``context.mode`` image."""
 
     data: KaggleData
     folds: pd.DataFrame
@@ -44,6 +66,7 @@ class FoldData:
     train_idx: np.ndarray
     val_idx: np.ndarray
     pseudo: PseudoTiles | None = None
+    context: FoldContext | None = None
 
     @property
     def val_ids(self) -> np.ndarray:
@@ -65,8 +88,35 @@ def load_fold(cfg: ExperimentConfig, fold: int, *, pseudo_file: Path | None = No
     f = folds["fold"].to_numpy()
     path = folds_path(data, d.folds_scheme, d.n_folds, d.folds_seed)
     pseudo = load_pseudo(pseudo_file, data, fold, cfg) if cfg.pseudo.labels and pseudo_file is not None else None
-    return FoldData(data=data, folds=folds, folds_file=str(path), train_idx=np.flatnonzero(f != fold),
-                    val_idx=np.flatnonzero(f == fold), pseudo=pseudo)  # FULL_FIT (-1) matches no tile's fold
+    train_idx, val_idx = np.flatnonzero(f != fold), np.flatnonzero(f == fold)  # FULL_FIT (-1) matches no tile's fold
+    context = fold_context(cfg, data, train_idx, val_idx, pseudo) if cfg.context.mode != "none" else None
+    return FoldData(data=data, folds=folds, folds_file=str(path), train_idx=train_idx, val_idx=val_idx,
+                    pseudo=pseudo, context=context)
+
+
+def fold_context(cfg: ExperimentConfig, data: KaggleData, train_idx: np.ndarray, val_idx: np.ndarray,
+                 pseudo: PseudoTiles | None) -> FoldContext:
+    """The fold's context canvases: every train and test tile of ``data`` may be a neighbour, except across the
+    fold split."""
+    from salt_exp.data.context import ContextPool
+
+    pool, t = ContextPool.from_data(data), data.train
+    train_ids, val_ids = t.ids[train_idx].tolist(), t.ids[val_idx].tolist()
+
+    def make(ids: list[str], images: np.ndarray, exclude: list[str]) -> Canvases:
+        canvas, valid = pool.canvases(ids, images, size=cfg.padding.size, pad_mode=cfg.padding.mode, exclude=exclude)
+        return Canvases(images=canvas, validity=valid, linked=pool.linked(ids, exclude))
+
+    return FoldContext(train=make(train_ids, t.images[train_idx], val_ids),
+                       val=make(val_ids, t.images[val_idx], train_ids),
+                       pseudo=None if pseudo is None else make(pseudo.ids.tolist(), pseudo.images, val_ids),
+                       validity_plane=cfg.context.validity)
+
+
+def context_params(fd: FoldData) -> dict[str, int]:
+    """Params of a context run: how many training / validation tiles have a neighbour in their canvas."""
+    c = fd.context
+    return {} if c is None else {"context_linked_train": c.train.linked, "context_linked_val": c.val.linked}
 
 
 def load_pseudo(path: Path, data: KaggleData, fold: int, cfg: ExperimentConfig) -> PseudoTiles:
@@ -127,18 +177,25 @@ def fold_datasets(fd: FoldData, fold: int) -> list[DatasetRecord]:
     return out
 
 
-def _subset(fd: FoldData, idx: np.ndarray, channels: str, transform=None) -> TileDataset:
+def _subset(fd: FoldData, idx: np.ndarray, channels: str, transform=None, canvases: Canvases | None = None) -> TileDataset:
     t = fd.data.train
+    if canvases is not None:
+        return TileDataset(canvases.images, t.masks[idx], t.depths[idx], channels, transform=transform,
+                           validity=canvases.validity, validity_plane=fd.context.validity_plane)
     return TileDataset(t.images[idx], t.masks[idx], t.depths[idx], channels, transform=transform)
 
 
 def _with_pseudo(fd: FoldData, p: PseudoTiles, channels: str, transform) -> TileDataset:
     """The fold's training tiles followed by its pseudo-labelled tiles (item index >= len(train_idx): pseudo), one
     dataset so that both get the same augmentation stream."""
-    t = fd.data.train
-    return TileDataset(np.concatenate([t.images[fd.train_idx], p.images]),
-                       np.concatenate([t.masks[fd.train_idx], p.masks]),
-                       np.concatenate([t.depths[fd.train_idx], p.depths]).astype(np.float32), channels,
+    t, c = fd.data.train, fd.context
+    masks = np.concatenate([t.masks[fd.train_idx], p.masks])
+    depths = np.concatenate([t.depths[fd.train_idx], p.depths]).astype(np.float32)
+    if c is not None:
+        return TileDataset(np.concatenate([c.train.images, c.pseudo.images]), masks, depths, channels,
+                           transform=transform, validity=np.concatenate([c.train.validity, c.pseudo.validity]),
+                           validity_plane=c.validity_plane)
+    return TileDataset(np.concatenate([t.images[fd.train_idx], p.images]), masks, depths, channels,
                        transform=transform)
 
 
@@ -158,13 +215,14 @@ def train_loader(cfg: ExperimentConfig, fd: FoldData, epoch: int, *, batches: in
     With pseudo-labelled tiles (``fd.pseudo``) each sample is one of them with probability ``pseudo.share``, else a
     training tile (:class:`MixedSampler`); the epoch has as many batches as without them."""
     seed = cfg.seed * 100_003 + epoch
-    transform = build_train_transform(cfg.augment, seed)
+    c = fd.context
+    transform = build_train_transform(cfg.augment, seed, canvas=None if c is None else cfg.padding.size)
     p = fd.pseudo
     if p is not None and len(p.ids) and cfg.pseudo.share > 0:
         ds = _with_pseudo(fd, p, cfg.data.channels, transform)
         sampler = MixedSampler(len(fd.train_idx), len(p.ids), cfg.pseudo.share, seed=seed)
     else:
-        ds, sampler = _subset(fd, fd.train_idx, cfg.data.channels, transform), None
+        ds, sampler = _subset(fd, fd.train_idx, cfg.data.channels, transform, None if c is None else c.train), None
     drop_last = len(fd.train_idx) > cfg.optim.batch_size
     loader = make_loader(ds, cfg.optim.batch_size, True, cfg.train.workers, seed=seed, drop_last=drop_last,
                          pin_memory=torch.cuda.is_available(), sampler=sampler)
@@ -191,14 +249,14 @@ class _Capped:
 
 
 def val_loader(cfg: ExperimentConfig, fd: FoldData) -> torch.utils.data.DataLoader:
-    ds = _subset(fd, fd.val_idx, cfg.data.channels)
+    ds = _subset(fd, fd.val_idx, cfg.data.channels, canvases=None if fd.context is None else fd.context.val)
     return make_loader(ds, cfg.train.val_batch_size, False, cfg.train.workers, seed=cfg.seed)
 
 
 def build_parts(cfg: ExperimentConfig) -> tuple[torch.nn.Module, TileAdapter, DeepSupervisionLoss]:
     m = cfg.model
     torch.manual_seed(cfg.seed)  # same initial weights for the same config
-    model = build_model(m.encoder, weights=m.weights, in_channels=num_channels(cfg.data.channels),
+    model = build_model(m.encoder, weights=m.weights, in_channels=input_channels(cfg),
                         decoder_channels=tuple(m.decoder_channels), scse=m.scse, hypercolumn=m.hypercolumn,
                         deep_supervision=m.deep_supervision, dropout=m.dropout)
     return model, TileAdapter(cfg.padding.mode, cfg.padding.size), build_loss(cfg)
