@@ -48,6 +48,9 @@ def make_folds(data: KaggleData, scheme: str = "random", k: int = 5, seed: int =
         splits = StratifiedKFold(k, shuffle=True, random_state=seed).split(x, np.digitize(train.depths, edges))
     else:
         groups = _mosaic_groups(data)
+        if len(set(groups)) < k:
+            raise SaltError(f"folds scheme 'mosaic' with k={k}: the data has only {len(set(groups))} groups (mosaics and "
+                            "tiles outside any mosaic); use fewer folds (data.n_folds) or another scheme")
         empty = train.masks.reshape(n, -1).max(axis=1) == 0
         splits = StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(x, empty, groups)
     for fold, (_, val) in enumerate(splits):

@@ -1,0 +1,236 @@
+"""Mosaic-context model against mosaic post-processing on real data (issue 17), in resumable parts.
+
+    .venv/bin/python benchmarks/bench_context.py --data ../shared/tgs [--folds 0-4] [--pipelines plain,image]
+        [--epochs 8] [--results benchmarks/results/context.json] [--report-only] [--docs]
+    make bench-context DATA=../shared/tgs
+
+A *part* is one (pipeline, fold): ``configs/cpu.yaml`` on mosaic-grouped folds (``data.folds_scheme=mosaic``: a
+mosaic's train tiles share one fold, so no neighbour crosses the split) for a fixed ``--epochs`` (2 cycles), then
+``salt-exp ensemble --study ctx-<pipeline> --folds k`` on it (greedy snapshots, threshold search, h-flip TTA, the
+mosaic rules the harness picks on OOF, the test tiles as the rules' neighbours). Pipelines:
+
+- ``plain``: the tile padded 101 -> 128 (replicate), as every run before;
+- ``image``: ``context.mode=image``: the padding holds the neighbouring tiles' pixels where mosaics.csv places
+  one, plus a validity plane. Same canvas size, so the same compute per step: a fixed number of epochs is the
+  same budget in steps and (within the measurement noise of this machine) in wall time, and a contended machine
+  cannot change the comparison, only its duration.
+
+Each part stores per-tile OOF scores of the ensemble before and after the rules, so the report can split them
+any way: overall, tiles inside vs outside a mosaic, and by the truth's mask type (empty; vertical: the bottom 30
+rows equal, neither empty nor full, the shape the vertical rule continues; cap: the last row fully salt but the
+tile not full, the cap rule's source; other). The fold run is the harness's own (``salt-exp cv``, resumable:
+a finished fold is reused, not trained again). A finished part is written to the results file (temp + rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bench_quality as bq  # noqa: E402  (machine facts, docs path)
+
+RESULTS = REPO / "benchmarks" / "results" / "context.json"
+BEGIN, END = "<!-- context:begin -->", "<!-- context:end -->"
+PIPELINES = {"plain": [], "image": ["context.mode=image"]}
+TYPES = ("empty", "vertical", "cap", "other")
+
+
+def overrides(pipeline: str, data: Path, epochs: int) -> list[str]:
+    if epochs % 2:
+        raise SystemExit(f"--epochs {epochs}: must be even (2 cycles of epochs / 2)")
+    return [f"data.root={data}", "data.folds_scheme=mosaic", "schedule.budget_minutes=null",
+            f"schedule.cycle_epochs={epochs // 2}", *PIPELINES[pipeline]]
+
+
+def recipe_of(pipeline: str, data: Path, epochs: int) -> str:
+    from dataclasses import replace
+
+    from salt_exp.config import config_hash, load_config
+
+    cfg = load_config(REPO / "configs" / "cpu.yaml", overrides(pipeline, data, epochs))
+    return config_hash(replace(cfg, data=replace(cfg.data, root="<data>")))
+
+
+def load_parts(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["parts"]
+    except (ValueError, KeyError, TypeError) as exc:
+        sys.exit(f"{path}: not a bench_context results file ({exc}); move it away or fix it")
+
+
+def save_part(path: Path, part: dict) -> None:
+    key = (part["pipeline"], part["fold"], part["recipe"])
+    parts = [p for p in load_parts(path) if (p["pipeline"], p["fold"], p["recipe"]) != key] + [part]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"parts": parts}, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_part(pipeline: str, data: Path, fold: int, epochs: int, results: Path) -> None:
+    from salt_exp.ensemble.build import EnsembleSpec
+    from salt_exp.ensemble.options import EnsembleOptions
+    from salt_exp.metrics import image_scores
+    from salt_exp.pipeline import ensemble_study
+
+    study = f"ctx-{pipeline}"
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "salt_exp", "cv", str(REPO / "configs" / "cpu.yaml"), "--study", study,
+           "--folds", str(fold)] + [a for o in overrides(pipeline, data, epochs) for a in ("--set", o)]
+    subprocess.run(cmd, check=True)
+    train_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="bench-context-") as tmp:
+        spec = EnsembleSpec.for_study(study, options=EnsembleOptions(), folds=(fold,), out=str(Path(tmp) / "sub.csv"))
+        outcome = ensemble_study(spec)
+    r = outcome.result
+    from salt_exp.data.kaggle import load_kaggle
+
+    train = load_kaggle(data).train
+    truth = train.masks[train.position(r.oof.ids.tolist())]
+    steps = [{"step": s.name, "score": s.folds.get(fold) if s.score is not None else None, "chained": s.chained}
+             for s in r.waterfall.steps]
+    part = {"pipeline": pipeline, "fold": fold, "epochs": epochs, "recipe": recipe_of(pipeline, data, epochs),
+            "study": study, "ids": r.oof.ids.astype(str).tolist(),
+            "scores": [round(float(v), 4) for v in image_scores(r.oof.pred, truth)],
+            "scores_rules": [round(float(v), 4) for v in image_scores(r.post_pred, truth)],
+            "rules": r.rules, "steps": steps, "members": [m.key for ms in r.selection.values() for m in ms],
+            "ensemble_run": outcome.logged.run_id, "wall_s": round(time.perf_counter() - t0, 1),
+            "fold_run_s": round(train_s, 1), "machine": bq.machine(), "commit": bq.git_commit(),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    save_part(results, part)
+    print(f"[bench-context] {pipeline} fold {fold}: OOF {np.mean(part['scores']):.4f}, with rules "
+          f"{np.mean(part['scores_rules']):.4f} ({', '.join(r.rules) or 'no rule'})", flush=True)
+
+
+def mask_type(mask: np.ndarray) -> str:
+    from salt_exp.ensemble.postprocess import vertical_row
+
+    if not mask.any():
+        return "empty"
+    if vertical_row(mask) is not None:
+        return "vertical"
+    if mask[-1].all() and not mask.all():
+        return "cap"
+    return "other"
+
+
+def report(parts: list[dict], data: Path, folds: list[int]) -> str:
+    from salt_exp.data.kaggle import load_kaggle
+
+    d = load_kaggle(data)
+    placed = set(d.mosaics["id"].astype(str)) if d.mosaics is not None else set()
+    kind = {t: mask_type(m) for t, m in zip(d.train.ids.astype(str), d.train.masks, strict=True)}
+    by = {(p["pipeline"], p["fold"]): p for p in parts}
+    common = [f for f in folds if all((pl, f) in by for pl in PIPELINES)]
+    if not common:
+        return "No fold has both pipelines yet."
+    ids = [t for f in common for t in by[("plain", f)]["ids"]]
+    inside = np.array([t in placed for t in ids])
+    types = np.array([kind[t] for t in ids])
+    rows = []
+    for pl in PIPELINES:
+        for rules in (False, True):
+            key = "scores_rules" if rules else "scores"
+            score = dict(zip((t for f in common for t in by[(pl, f)]["ids"]),
+                             (s for f in common for s in by[(pl, f)][key]), strict=True))
+            s = np.array([score[t] for t in ids])
+            label = {"plain": "plain", "image": "context"}[pl] + (" + rules" if rules else "")
+            rules_used = "; ".join(f"fold {f}: {', '.join(by[(pl, f)]['rules']) or 'none'}" for f in common)
+            cells = [s.mean(), s[inside].mean(), s[~inside].mean()]
+            cells += [s[inside & (types == k)].mean() if (inside & (types == k)).any() else float("nan") for k in TYPES]
+            rows.append((label, cells, rules_used if rules else ""))
+    n_in = int(inside.sum())
+    head = (f"| variant | all ({len(ids)}) | inside mosaics ({n_in}) | outside ({len(ids) - n_in}) | "
+            + " | ".join(f"inside, {k} ({int((inside & (types == k)).sum())})" for k in TYPES) + " | rules applied |")
+    lines = [f"Folds with both pipelines: {common} (mosaic-grouped folds, `configs/cpu.yaml`, "
+             f"{by[('plain', common[0])]['epochs']} epochs per fold run; OOF mAP of each fold's ensemble)", "",
+             head, "|" + "---|" * (len(TYPES) + 5)]
+    for label, cells, used in rows:
+        lines.append(f"| {label} | " + " | ".join(f"{c:.4f}" for c in cells) + f" | {used} |")
+    base = {label: cells for label, cells, _ in rows}
+    gain = [a - b for a, b in zip(base["context"], base["plain + rules"], strict=True)]
+    gain_r = [a - b for a, b in zip(base["context + rules"], base["plain + rules"], strict=True)]
+    lines += ["| context - (plain + rules) | " + " | ".join(f"{g:+.4f}" for g in gain) + " | |",
+              "| (context + rules) - (plain + rules) | " + " | ".join(f"{g:+.4f}" for g in gain_r) + " | |", "",
+              "| pipeline | fold | best single @0.5 | ensemble | + rules | members | fold run + ensemble s | machine | commit |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for f in common:
+        for pl in PIPELINES:
+            p = by[(pl, f)]
+            single = next((s["score"] for s in p["steps"] if s["score"] is not None), float("nan"))
+            lines.append(f"| {pl} | {f} | {single:.4f} | {np.mean(p['scores']):.4f} | {np.mean(p['scores_rules']):.4f} | "
+                         f"{', '.join(p['members'])} | {p['wall_s']:.0f} | {p['machine']} | {p['commit']} |")
+    return "\n".join(lines)
+
+
+def write_docs(text: str, command: str) -> None:
+    doc = bq.DOCS.read_text(encoding="utf-8")
+    block = f"{BEGIN}\n`{command}`\n\n{text}\n{END}"
+    if BEGIN in doc and END in doc:
+        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
+    else:
+        doc = doc.rstrip() + "\n\n## Mosaic-context model against mosaic post-processing (bench_context.py, issue 17)\n\n" + block + "\n"
+    tmp = bq.DOCS.with_suffix(".tmp")
+    tmp.write_text(doc, encoding="utf-8")
+    os.replace(tmp, bq.DOCS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "tgs"))
+    ap.add_argument("--folds", default="0-4")
+    ap.add_argument("--pipelines", default="plain,image")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--max-parts", type=int, default=None)
+    ap.add_argument("--docs", action="store_true")
+    args = ap.parse_args(argv)
+    for key in ("HF_HUB_OFFLINE", "NO_ALBUMENTATIONS_UPDATE"):
+        os.environ.setdefault(key, "1")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    # data.root goes into the config hash as given: the same --data string finds the same fold runs again
+    data, results = Path(args.data), Path(args.results).resolve()
+    if not (data / "mosaics.csv").exists():
+        sys.exit(f"--data {data}: no mosaics.csv (expected the Kaggle TGS layout with the mosaic table)")
+    from salt_exp.cv import parse_folds
+    from salt_exp.errors import SaltError
+
+    pipelines = [p for p in args.pipelines.split(",") if p]
+    unknown = [p for p in pipelines if p not in PIPELINES]
+    if unknown:
+        sys.exit(f"--pipelines: unknown {unknown[0]!r}; valid: {', '.join(PIPELINES)}")
+    try:
+        folds = parse_folds(args.folds, 5)
+        recipes = {p: recipe_of(p, data, args.epochs) for p in PIPELINES}
+    except SaltError as exc:
+        sys.exit(f"bench_context: {exc}")
+    parts = [p for p in load_parts(results) if p["recipe"] == recipes[p["pipeline"]]]
+    done = {(p["pipeline"], p["fold"]) for p in parts}
+    todo = [(pl, f) for f in folds for pl in pipelines if (pl, f) not in done][: args.max_parts]
+    if not args.report_only:
+        for pl, f in todo:
+            print(f"[bench-context] {pl} fold {f} ...", flush=True)
+            run_part(pl, data, f, args.epochs, results)
+        parts = [p for p in load_parts(results) if p["recipe"] == recipes[p["pipeline"]]]
+    text = report(parts, data, folds)
+    print(text)
+    if args.docs:
+        write_docs(text, "make bench-context DATA=../shared/tgs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
