@@ -316,7 +316,12 @@ def test_a_round_that_would_oversample_a_few_labels_is_refused_in_one_line():
     with pytest.raises(SaltError, match=r"^fold 3: the confidence rules kept 50 test tiles \(50 empty, 0 non-empty\) "
                        r"beside 2400 training tiles; at pseudo.share 0.5 each would be drawn 48x .* pseudo.share <= 0.077"):
         check_oversampling(few, 2400, rules)
-    check_oversampling(few, 2400, PseudoConfig(share=0.07))  # within the limit: no error
+    mixed = SimpleNamespace(fold=3, ids=few.ids, kept_empty=40, kept_nonempty=10)
+    check_oversampling(mixed, 2400, PseudoConfig(share=0.07))  # within the limit: no error
+    # real data, a Lovasz-trained cpu.yaml model: 3513 empty and no non-empty tile kept; the round would teach only
+    # "empty", so it is refused in one line pointing at the pixel band
+    with pytest.raises(SaltError, match=r"^fold 3: the confidence rules kept 50 test tiles, all empty, none non-empty.*pixel_low"):
+        check_oversampling(few, 2400, PseudoConfig(share=0.07))
     many = SimpleNamespace(fold=0, ids=np.array([f"t{i}" for i in range(1200)]), kept_empty=600, kept_nonempty=600)
     check_oversampling(many, 2400, rules)  # 2x: fine
     with pytest.raises(SaltError, match="kept 0 test tiles"):
@@ -330,3 +335,8 @@ def test_a_round_that_would_oversample_a_few_labels_is_refused_in_one_line():
     cal = calibration(probs, masks, rules)
     assert cal["empty"] == {0.1: 0, 0.2: 1, 0.3: 1, 0.4: 2, 0.5: 2}
     assert cal["nonempty"] == {0.8: 1, 0.9: 1, 0.95: 1, 0.97: 1, 0.99: 1}
+    # a Lovasz-like tile (salt at 0.75, background at 0.27): only the 0.3-0.7 band finds it confident
+    probs[2] = 0.27
+    probs[2, :, :60] = 0.75
+    cal = calibration(probs, (probs > 0.5).astype(np.uint8), rules)
+    assert cal["band"] == {"0.1-0.9": 0, "0.2-0.8": 0, "0.3-0.7": 1} and cal["nonempty"][0.8] == 0

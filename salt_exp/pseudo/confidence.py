@@ -29,15 +29,23 @@ def confidence_verdicts(probs: np.ndarray, masks: np.ndarray, rules: PseudoConfi
 
 EMPTY_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)  # empty_max_prob values the calibration table counts
 CONFIDENT_GRID = (0.8, 0.9, 0.95, 0.97, 0.99)  # min_confident_pixels values, at the configured pixel band
+# pixel bands (pixel_low, pixel_high), at the configured min_confident_pixels: a model trained with the Lovasz hinge
+# alone stops pushing at logit +-1, so its probabilities crowd near 0.27 / 0.73 and the default band keeps nothing
+BAND_GRID = ((0.1, 0.9), (0.2, 0.8), (0.3, 0.7))
 
 
 def calibration(probs: np.ndarray, masks: np.ndarray, rules: PseudoConfig) -> dict[str, dict[float, int]]:
-    """How many tiles the rules would keep at other settings: ``empty`` kept-empty counts per ``empty_max_prob``
-    and ``nonempty`` kept-non-empty counts per ``min_confident_pixels`` (at the configured pixel band), so a user
-    sees how far to loosen them for their model's calibration."""
+    """How many tiles the rules would keep at other settings: ``empty`` kept-empty counts per ``empty_max_prob``,
+    ``nonempty`` kept-non-empty counts per ``min_confident_pixels`` (at the configured pixel band) and ``band``
+    kept-non-empty counts per pixel band (at the configured ``min_confident_pixels``), so a user sees how far to
+    loosen them for their model's calibration."""
     p = np.asarray(probs, dtype=np.float32).reshape(len(probs), -1)
     empty = ~np.asarray(masks).reshape(len(masks), -1).astype(bool).any(axis=1)
     top = p.max(axis=1)
     share = ((p < rules.pixel_low) | (p > rules.pixel_high)).mean(axis=1)
+    band = {}
+    for low, high in BAND_GRID:
+        inside = ((p < low) | (p > high)).mean(axis=1) >= rules.min_confident_pixels
+        band[f"{low:g}-{high:g}"] = int((~empty & inside).sum())
     return {"empty": {t: int((empty & (top < t)).sum()) for t in EMPTY_GRID},
-            "nonempty": {t: int((~empty & (share >= t)).sum()) for t in CONFIDENT_GRID}}
+            "nonempty": {t: int((~empty & (share >= t)).sum()) for t in CONFIDENT_GRID}, "band": band}

@@ -176,18 +176,26 @@ def calibration_line(cal: dict | None) -> str:
         return ""
     empty = ", ".join(f"{t:g}: {n}" for t, n in cal["empty"].items())
     nonempty = ", ".join(f"{t:g}: {n}" for t, n in cal["nonempty"].items())
-    return f"kept empty by empty_max_prob {{{empty}}}; kept non-empty by min_confident_pixels {{{nonempty}}}"
+    line = f"kept empty by empty_max_prob {{{empty}}}; kept non-empty by min_confident_pixels {{{nonempty}}}"
+    if cal.get("band"):
+        line += "; by pixel_low-pixel_high {" + ", ".join(f"{b}: {n}" for b, n in cal["band"].items()) + "}"
+    return line
 
 
 def check_oversampling(fl, n_train: int, rules, cal: dict | None = None) -> None:
     """One-line SaltError when the round would draw each pseudo tile more than ``pseudo.max_oversampling`` times
-    as often as a training tile (no kept tile at all is the extreme case)."""
+    as often as a training tile (no kept tile at all is the extreme case), or when every kept tile is empty."""
     n = len(fl.ids)
     share = rules.share
     if share <= 0:
         return
     ratio = float("inf") if n == 0 or share >= 1 else (share / n) / ((1 - share) / max(n_train, 1))
     if ratio <= rules.max_oversampling:
+        if n and not fl.kept_nonempty:
+            raise SaltError(f"fold {C.fold_label(fl.fold)}: the confidence rules kept {n} test tiles, all empty, none "
+                            "non-empty: the round would only teach 'empty'; widen the pixel band (pseudo.pixel_low / "
+                            "pixel_high: a Lovasz-trained model's probabilities sit near 0.27 / 0.73) or lower "
+                            "pseudo.min_confident_pixels" + (f" ({calibration_line(cal)})" if cal else ""))
         return
     limit = rules.max_oversampling * n / (n_train + rules.max_oversampling * n) if n else 0.0
     raise SaltError(f"fold {C.fold_label(fl.fold)}: the confidence rules kept {n} test tiles ({fl.kept_empty} empty, "
