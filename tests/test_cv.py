@@ -103,6 +103,7 @@ def test_unset_budget_leaves_the_config_hash_as_before(synth_dir):
     assert payload["loss"].pop("late_terms") is None and payload["loss"].pop("late_from_cycle") == 1  # nor these
     assert not payload.pop("pseudo")["labels"]  # nor the pseudo section without pseudo-labels
     assert payload.pop("sync")["mode"] == "auto"  # nor the sync section ever: where a checkpoint goes changes no result
+    assert payload.pop("context")["mode"] == "none"  # nor the context section while it is off
     assert config_hash(cfg) == config_hash(tiny_cfg(synth_dir, "sync.mode=always", "sync.every_epochs=5"))
     assert config_hash(cfg) != config_hash(tiny_cfg(synth_dir, "loss.late_terms.lovasz=1.0"))
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
