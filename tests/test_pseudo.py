@@ -89,14 +89,15 @@ def test_the_pseudo_config_section_is_checked_and_hashed_only_with_labels(tmp_pa
 
 
 class _Fixed:
-    """A member whose test probabilities are given (the labeller only reads ``probs`` and ``label``)."""
+    """A member whose test probabilities are given (the labeller only reads ``probs`` and ``label``; a context
+    member would read ``context``, this one ignores it)."""
 
     label = "fixed"
 
     def __init__(self, probs: np.ndarray) -> None:
         self._probs = probs
 
-    def probs(self, images, depths=None, progress=None) -> np.ndarray:
+    def probs(self, images, depths=None, progress=None, context=None) -> np.ndarray:
         return self._probs
 
 
