@@ -176,15 +176,7 @@ def report(parts: list[dict], data: Path, folds: list[int]) -> str:
 
 
 def write_docs(text: str, command: str) -> None:
-    doc = bq.DOCS.read_text(encoding="utf-8")
-    block = f"{BEGIN}\n`{command}`\n\n{text}\n{END}"
-    if BEGIN in doc and END in doc:
-        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip() + "\n\n## Mosaic-context model against mosaic post-processing (bench_context.py, issue 17)\n\n" + block + "\n"
-    tmp = bq.DOCS.with_suffix(".tmp")
-    tmp.write_text(doc, encoding="utf-8")
-    os.replace(tmp, bq.DOCS)
+    bq.write_docs_block(BEGIN, END, "Mosaic-context model against mosaic post-processing (bench_context.py, issue 17)", text, command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,15 +152,7 @@ def report(parts: list[dict], minutes: float, recipe: str, folds: list[int]) -> 
 
 
 def write_docs(text: str, command: str) -> None:
-    doc = bq.DOCS.read_text(encoding="utf-8")
-    block = f"{BEGIN}\n`{command}`\n\n{text}\n{END}"
-    if BEGIN in doc and END in doc:
-        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip() + "\n\n## Ensemble waterfall on real data (bench_ensemble.py)\n\n" + block + "\n"
-    tmp = bq.DOCS.with_suffix(".tmp")
-    tmp.write_text(doc, encoding="utf-8")
-    os.replace(tmp, bq.DOCS)
+    bq.write_docs_block(BEGIN, END, "Ensemble waterfall on real data (bench_ensemble.py)", text, command)
 
 
 def main(argv: list[str] | None = None) -> int:

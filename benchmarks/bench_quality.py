@@ -332,16 +332,22 @@ def report(parts: list[dict], pipelines: list[tuple[str, str]], current: dict[st
     return "\n".join(lines)
 
 
-def write_docs(text: str, command: str) -> None:
+def write_docs_block(begin: str, end: str, heading: str, text: str, command: str) -> None:
+    """Replace the ``begin`` .. ``end`` block of docs/BENCHMARKS.md with ``command`` and ``text`` (or append it under
+    ``heading`` when absent), written to a temp file and renamed: every benchmark's report goes in this way."""
     doc = DOCS.read_text(encoding="utf-8")
-    block = f"{BEGIN}\n`{command}`\n\n{text}\n{END}"
-    if BEGIN in doc and END in doc:
-        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
+    block = f"{begin}\n`{command}`\n\n{text}\n{end}"
+    if begin in doc and end in doc:
+        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
     else:
-        doc = doc.rstrip() + "\n\n## Quality at a fixed budget (bench_quality.py)\n\n" + block + "\n"
+        doc = doc.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
     tmp = DOCS.with_suffix(".tmp")
     tmp.write_text(doc, encoding="utf-8")
     os.replace(tmp, DOCS)
+
+
+def write_docs(text: str, command: str) -> None:
+    write_docs_block(BEGIN, END, "Quality at a fixed budget (bench_quality.py)", text, command)
 
 
 # ---------------------------------------------------------------- main
