@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from salt_exp.data.padding import TILE, TileAdapter, pad_offsets
+from salt_exp.ensemble.mosaic import MosaicIndex
 from salt_exp.errors import SaltError
 
 MAX_CANVAS = 3 * TILE  # the 8 neighbours reach at most one tile out
@@ -40,14 +41,10 @@ class ContextPool:
             raise SaltError(f"context pool: {len(ids)} ids for {len(images)} images")
         self.row = {tid: i for i, tid in enumerate(ids)}
         self.images = np.asarray(images, dtype=np.uint8)
-        self.position: dict[str, tuple[int, int, int]] = {}
-        self.tile_at: dict[tuple[int, int, int], str] = {}
-        if frame is not None:
-            for tid, x, y, m in zip(frame["id"].astype(str), frame["x"].astype(np.int64), frame["y"].astype(np.int64),
-                                    frame["mosaic_id"].astype(np.int64), strict=True):
-                pos = (int(m), int(x), int(y))
-                self.position[tid] = pos
-                self.tile_at.setdefault(pos, tid)  # the first tile listed owns a shared position (as MosaicIndex)
+        # positions as the mosaic rules read them (MosaicIndex: the first tile listed owns a shared position)
+        index = MosaicIndex.from_frame(frame) if frame is not None else None
+        self.position = index.position if index is not None else {}
+        self.tile_at = index.tile_at if index is not None else {}
 
     @classmethod
     def from_data(cls, data) -> ContextPool:
