@@ -302,7 +302,7 @@ def report(parts: list[dict], pipelines: list[tuple[str, str]], current: dict[st
     head = "| pipeline | " + " | ".join(f"fold {f}" for f in folds) + " | fold mean (sd) | OOF mAP | vs smp |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     oof = {}
-    for n in names:
+    for n in started:  # a pipeline with no part yet has no row: the line above names it
         cells = [f"{fresh[(n, f)]['val_map']:.4f}" if (n, f) in fresh else "-" for f in folds]
         maps = [fresh[(n, f)]["val_map"] for f in common if (n, f) in fresh]
         scores = (np.concatenate([fresh[(n, f)]["scores"] for f in common]) if common and n in started
