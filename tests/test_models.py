@@ -232,3 +232,43 @@ def test_fusion_head_equals_conv_over_broadcast_concatenation() -> None:
     broadcast = image[:, :, None, None].expand(-1, -1, 8, 8)
     hidden = torch.nn.functional.conv2d(torch.cat([pixel, broadcast], dim=1), weight, head.pixel.bias)
     torch.testing.assert_close(head(pixel, image), head.logit(hidden))
+
+
+@pytest.mark.parametrize("encoder", ["resnet34", "timm/resnet18"])
+def test_extra_planes_start_at_zero_and_keep_the_plain_draws(encoder: str) -> None:
+    """A model with a zero-started extra plane has the plain model's weights (same seed) and, on its first step,
+    its outputs whatever the plane holds; the plane's weights still learn."""
+    torch.manual_seed(3)
+    plain = build_model(encoder, in_channels=1, decoder_channels=TINY).eval()
+    torch.manual_seed(3)
+    wide = build_model(encoder, in_channels=1, extra_channels=1, decoder_channels=TINY).eval()
+    p, w = plain.state_dict(), wide.state_dict()
+    widened = [k for k in p if p[k].shape != w[k].shape]
+    assert len(widened) == 1 and w[widened[0]].shape[1] == 2
+    assert torch.equal(w[widened[0]][:, :1], p[widened[0]]) and not w[widened[0]][:, 1:].any()
+    assert all(torch.equal(p[k], w[k]) for k in p if k not in widened)
+    x, plane = torch.rand(2, 1, 64, 64), (torch.rand(2, 1, 64, 64) > 0.5).float()
+    with torch.no_grad():
+        assert torch.equal(plain(x).fused, wide(torch.cat([x, plane], 1)).fused)
+    wide.train()
+    wide(torch.cat([x, plane], 1)).fused.mean().backward()
+    grad = dict(wide.named_parameters())[widened[0]].grad
+    assert grad[:, 1:].abs().sum() > 0
+
+
+def test_same_seed_same_weights_across_the_first_pretrainedmodels_import() -> None:
+    """pretrainedmodels draws random numbers on import: the first resnet34 built in a fresh process must still
+    equal the second one built from the same seed (a study builds many in one process)."""
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom salt_exp.models import build_encoder\n"
+            "def first():\n    torch.manual_seed(5)\n    return build_encoder('resnet34').model.conv1.weight.clone()\n"
+            "a = first(); b = first()\nprint(torch.equal(a, b), torch.equal(a, first()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.split() == ["True", "True"]
+
+
+def test_widen_input_refuses_negative_planes() -> None:
+    with pytest.raises(SaltError, match="extra input planes"):
+        encoders.widen_input(build_encoder("timm/resnet18"), -1)

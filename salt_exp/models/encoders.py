@@ -153,10 +153,12 @@ def _unknown(name: str) -> SaltError:
 
 
 def _pretrainedmodels_constructor(name: str, module: str) -> Callable[..., nn.Module]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pretrainedmodels/torchvision deprecation noise on import
-        import importlib
+    import importlib
 
+    # pretrainedmodels draws from torch's global generator on its first import: without the fork, the first model
+    # built in a process got other initial weights than the next one built from the same seed (a study's trials)
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore")  # pretrainedmodels/torchvision deprecation noise on import
         mod = importlib.import_module(f"pretrainedmodels.models.{module}")
     return getattr(mod, name)
 
@@ -207,6 +209,35 @@ def build_encoder(name: str, weights: str = "none", in_channels: int = 1) -> Enc
     if name.startswith(TIMM_PREFIX):
         return _build_timm(name, in_channels, weights)
     raise _unknown(name)
+
+
+def widen_input(encoder: Encoder, extra: int) -> None:
+    """Give ``encoder``'s first convolution ``extra`` more input planes whose weights are zero, in place.
+
+    The planes' weights start at zero, so the widened encoder computes exactly what it did before on any input
+    (a context model's validity plane then starts as "no effect", and the seeded draws of every other weight are
+    the unwidened model's); the weights are trained like any other from the first step. Pretrained weights
+    loaded before widening are kept.
+    """
+    if extra < 0:
+        raise SaltError(f"extra input planes must be >= 0, got {extra}")
+    if extra == 0:
+        return
+    name, conv = next(((n, m) for n, m in encoder.named_modules() if isinstance(m, nn.Conv2d)), ("", None))
+    if conv is None or conv.groups != 1:
+        raise SaltError(f"{type(encoder).__name__}: no plain first convolution to widen by {extra} input planes")
+    path, _, attr = name.rpartition(".")
+    parent = encoder.get_submodule(path)
+    wide = nn.utils.skip_init(  # no random draws: the seeded draws of the layers built after it stay the same
+        nn.Conv2d, conv.in_channels + extra, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+        conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode, device=conv.weight.device,
+        dtype=conv.weight.dtype)
+    with torch.no_grad():
+        wide.weight.zero_()
+        wide.weight[:, : conv.in_channels].copy_(conv.weight)
+        if conv.bias is not None:
+            wide.bias.copy_(conv.bias)
+    setattr(parent, attr, wide)
 
 
 def list_encoders() -> list[dict]:
