@@ -11,9 +11,11 @@ mosaic rules the harness picks on OOF, the test tiles as the rules' neighbours).
 
 - ``plain``: the tile padded 101 -> 128 (replicate), as every run before;
 - ``image``: ``context.mode=image``: the padding holds the neighbouring tiles' pixels where mosaics.csv places
-  one, plus a validity plane. Same canvas size, so the same compute per step: a fixed number of epochs is the
-  same budget in steps and (within the measurement noise of this machine) in wall time, and a contended machine
-  cannot change the comparison, only its duration.
+  one, plus a validity plane (its first-conv weights start at zero: the model starts as plain). Variants (not in
+  the default ``--pipelines``): ``image-random`` (the plane's weights drawn at random, as the first context runs
+  did) and ``image-novalid`` (no validity plane). Same canvas size, so the same compute per step: a fixed number
+  of epochs is the same budget in steps and (within the measurement noise of this machine) in wall time, and a
+  contended machine cannot change the comparison, only its duration.
 
 Each part stores per-tile OOF scores of the ensemble before and after the rules, so the report can split them
 any way: overall, tiles inside vs outside a mosaic, and by the truth's mask type (empty; vertical: the bottom 30
@@ -41,7 +43,12 @@ import bench_quality as bq  # noqa: E402  (machine facts, docs path)
 
 RESULTS = REPO / "benchmarks" / "results" / "context.json"
 BEGIN, END = "<!-- context:begin -->", "<!-- context:end -->"
-PIPELINES = {"plain": [], "image": ["context.mode=image"]}
+PIPELINES = {"plain": [], "image": ["context.mode=image"],
+             # variants of the context model: the validity plane's weights drawn at random (the first runs), no plane
+             "image-random": ["context.mode=image", "context.validity_init=random"],
+             "image-novalid": ["context.mode=image", "context.validity=false"]}
+LABELS = {"plain": "plain", "image": "context", "image-random": "context, plane drawn at random",
+          "image-novalid": "context, no validity plane"}
 TYPES = ("empty", "vertical", "cap", "other")
 
 
@@ -133,20 +140,21 @@ def report(parts: list[dict], data: Path, folds: list[int]) -> str:
     placed = set(d.mosaics["id"].astype(str)) if d.mosaics is not None else set()
     kind = {t: mask_type(m) for t, m in zip(d.train.ids.astype(str), d.train.masks, strict=True)}
     by = {(p["pipeline"], p["fold"]): p for p in parts}
-    common = [f for f in folds if all((pl, f) in by for pl in PIPELINES)]
+    common = [f for f in folds if all((pl, f) in by for pl in ("plain", "image"))]
     if not common:
         return "No fold has both pipelines yet."
+    shown = [pl for pl in PIPELINES if all((pl, f) in by for f in common)]  # variants with a part on every such fold
     ids = [t for f in common for t in by[("plain", f)]["ids"]]
     inside = np.array([t in placed for t in ids])
     types = np.array([kind[t] for t in ids])
     rows = []
-    for pl in PIPELINES:
+    for pl in shown:
         for rules in (False, True):
             key = "scores_rules" if rules else "scores"
             score = dict(zip((t for f in common for t in by[(pl, f)]["ids"]),
                              (s for f in common for s in by[(pl, f)][key]), strict=True))
             s = np.array([score[t] for t in ids])
-            label = {"plain": "plain", "image": "context"}[pl] + (" + rules" if rules else "")
+            label = LABELS[pl] + (" + rules" if rules else "")
             rules_used = "; ".join(f"fold {f}: {', '.join(by[(pl, f)]['rules']) or 'none'}" for f in common)
             cells = [s.mean(), s[inside].mean(), s[~inside].mean()]
             cells += [s[inside & (types == k)].mean() if (inside & (types == k)).any() else float("nan") for k in TYPES]
@@ -167,7 +175,7 @@ def report(parts: list[dict], data: Path, folds: list[int]) -> str:
               "| pipeline | fold | best single @0.5 | ensemble | + rules | members | fold run + ensemble s | machine | commit |",
               "|---|---|---|---|---|---|---|---|---|"]
     for f in common:
-        for pl in PIPELINES:
+        for pl in shown:
             p = by[(pl, f)]
             single = next((s["score"] for s in p["steps"] if s["score"] is not None), float("nan"))
             lines.append(f"| {pl} | {f} | {single:.4f} | {np.mean(p['scores']):.4f} | {np.mean(p['scores_rules']):.4f} | "
@@ -209,14 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         recipes = {p: recipe_of(p, data, args.epochs) for p in PIPELINES}
     except SaltError as exc:
         sys.exit(f"bench_context: {exc}")
-    parts = [p for p in load_parts(results) if p["recipe"] == recipes[p["pipeline"]]]
+    parts = [p for p in load_parts(results) if p["recipe"] == recipes.get(p["pipeline"])]
     done = {(p["pipeline"], p["fold"]) for p in parts}
     todo = [(pl, f) for f in folds for pl in pipelines if (pl, f) not in done][: args.max_parts]
     if not args.report_only:
         for pl, f in todo:
             print(f"[bench-context] {pl} fold {f} ...", flush=True)
             run_part(pl, data, f, args.epochs, results)
-        parts = [p for p in load_parts(results) if p["recipe"] == recipes[p["pipeline"]]]
+        parts = [p for p in load_parts(results) if p["recipe"] == recipes.get(p["pipeline"])]
     text = report(parts, data, folds)
     print(text)
     if args.docs:

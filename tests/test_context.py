@@ -116,6 +116,23 @@ def test_the_dataset_gives_canvases_with_a_validity_plane_and_the_tile_mask():
     assert TileDataset(canvases, masks, None, "raw", validity=validity, validity_plane=False)[0]["image"].shape[0] == 1
 
 
+def test_a_context_model_starts_as_the_plain_model():
+    """validity_init zero (the default): the plane's first-conv weights are zero and every other weight is the plain
+    model's from the same seed, so the first predictions ignore the plane; random draws a wider first conv."""
+    from salt_exp.train.setup import build_parts
+
+    base = CONFIGS / "tiny.yaml"
+    plain = build_parts(load_config(base))[0].state_dict()
+    zero = build_parts(load_config(base, ["context.mode=image"]))[0].state_dict()
+    drawn = build_parts(load_config(base, ["context.mode=image", "context.validity_init=random"]))[0].state_dict()
+    (first,) = [k for k in plain if plain[k].shape != zero[k].shape]
+    assert zero[first].shape[1] == 2 and not zero[first][:, 1].any() and torch.equal(zero[first][:, :1], plain[first])
+    assert all(torch.equal(plain[k], zero[k]) for k in plain if k != first)
+    assert drawn[first][:, 1].abs().sum() > 0 and not torch.equal(drawn[first][:, :1], plain[first])
+    assert config_hash(load_config(base, ["context.mode=image"])) != config_hash(
+        load_config(base, ["context.mode=image", "context.validity_init=random"]))
+
+
 def test_the_context_section_is_checked_and_hashed_only_when_on():
     base = CONFIGS / "tiny.yaml"
     assert config_hash(load_config(base)) == config_hash(load_config(base, ["context.validity=false"]))  # inert

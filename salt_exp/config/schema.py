@@ -19,6 +19,7 @@ OptimName = Literal["sgd", "adam", "adamw"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16"]
 ContextMode = Literal["none", "image"]
+ValidityInit = Literal["zero", "random"]
 
 
 def _prob(default: float) -> Any:
@@ -173,11 +174,15 @@ class ContextConfig:
     size: the compute is the plain model's. ``validity``: one more input plane, 1 on real pixels (the tile and its
     neighbours), 0 on padding. Loss and metric stay on the centre 101 x 101. A neighbour on the other side of the
     fold split (a validation tile beside a training tile, which only a non-mosaic folds scheme allows) is treated
-    as absent, so no fold sees another's pixels.
+    as absent, so no fold sees another's pixels. ``validity_init``: ``zero`` (default) gives the validity plane's
+    first-convolution weights a zero start and draws every other weight as the plain model does (same seed, same
+    weights), so a context model starts as the plain model and learns what the plane adds; ``random`` draws a
+    wider first convolution (the first context runs, kept to reproduce them).
     """
 
     mode: ContextMode = "none"
     validity: bool = True
+    validity_init: ValidityInit = "zero"
 
 
 SyncMode = Literal["auto", "always", "never"]  # not on/off: YAML 1.1 reads those as booleans

@@ -10,7 +10,7 @@ from torch import nn
 
 from salt_exp.errors import SaltError
 from salt_exp.models.decoder import Hypercolumn, UnetDecoder
-from salt_exp.models.encoders import build_encoder
+from salt_exp.models.encoders import build_encoder, widen_input
 from salt_exp.models.heads import HEAD_CHANNELS, ClassificationHead, FusionHead, PixelHead
 
 
@@ -80,18 +80,25 @@ def build_model(
     *,
     weights: str = "none",
     in_channels: int = 1,
+    extra_channels: int = 0,
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
     scse: bool = True,
     hypercolumn: bool = True,
     deep_supervision: bool = True,
     dropout: float = 0.0,
 ) -> SaltNet:
-    """Build the UNet; ``encoder``/``weights`` as in :func:`salt_exp.models.encoders.build_encoder`."""
+    """Build the UNet; ``encoder``/``weights`` as in :func:`salt_exp.models.encoders.build_encoder`.
+
+    ``extra_channels``: input planes after the ``in_channels`` image planes whose first-convolution weights start
+    at zero (:func:`salt_exp.models.encoders.widen_input`): the model is built, and its weights drawn, as for
+    ``in_channels`` alone, so on its first step it ignores them.
+    """
     if not 0.0 <= dropout < 1.0:
         raise SaltError(f"dropout must be in [0, 1), got {dropout}")
     if not decoder_channels or min(decoder_channels) < 1:
         raise SaltError(f"decoder_channels must be positive integers, got {decoder_channels}")
     backbone = build_encoder(encoder, weights=weights, in_channels=in_channels)
+    widen_input(backbone, extra_channels)
     return SaltNet(
         backbone,
         tuple(decoder_channels),

@@ -12,7 +12,7 @@ import torch
 
 from salt_exp.config import ExperimentConfig
 from salt_exp.contract import FULL_FIT, DatasetRecord, Tag, fold_label, read_pseudo_labels
-from salt_exp.data.dataset import MixedSampler, TileDataset, input_channels, make_loader
+from salt_exp.data.dataset import MixedSampler, TileDataset, input_channels, make_loader, num_channels
 from salt_exp.data.folds import folds_path, load_or_create_folds
 from salt_exp.data.kaggle import KaggleData, load_kaggle
 from salt_exp.data.padding import TileAdapter
@@ -256,7 +256,10 @@ def val_loader(cfg: ExperimentConfig, fd: FoldData) -> torch.utils.data.DataLoad
 def build_parts(cfg: ExperimentConfig) -> tuple[torch.nn.Module, TileAdapter, DeepSupervisionLoss]:
     m = cfg.model
     torch.manual_seed(cfg.seed)  # same initial weights for the same config
-    model = build_model(m.encoder, weights=m.weights, in_channels=input_channels(cfg),
+    planes, extra = input_channels(cfg), 0
+    if planes > num_channels(cfg.data.channels) and cfg.context.validity_init == "zero":
+        planes, extra = planes - 1, 1  # the validity plane: zero weights at the start, the rest drawn as plain
+    model = build_model(m.encoder, weights=m.weights, in_channels=planes, extra_channels=extra,
                         decoder_channels=tuple(m.decoder_channels), scse=m.scse, hypercolumn=m.hypercolumn,
                         deep_supervision=m.deep_supervision, dropout=m.dropout)
     return model, TileAdapter(cfg.padding.mode, cfg.padding.size), build_loss(cfg)
