@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from salt_exp.errors import SaltError
-from salt_exp.models.weights import load_encoder_weights, resolve_timm_imagenet_file
+from salt_exp.models.weights import import_pretrainedmodels, load_encoder_weights, resolve_timm_imagenet_file
 
 # A curated set of timm backbones listed by `salt-exp models`; any timm/<name> with
 # features_only support is accepted by build_encoder.
@@ -153,14 +153,7 @@ def _unknown(name: str) -> SaltError:
 
 
 def _pretrainedmodels_constructor(name: str, module: str) -> Callable[..., nn.Module]:
-    import importlib
-
-    # pretrainedmodels draws from torch's global generator on its first import: without the fork, the first model
-    # built in a process got other initial weights than the next one built from the same seed (a study's trials)
-    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
-        warnings.simplefilter("ignore")  # pretrainedmodels/torchvision deprecation noise on import
-        mod = importlib.import_module(f"pretrainedmodels.models.{module}")
-    return getattr(mod, name)
+    return getattr(import_pretrainedmodels(module), name)
 
 
 def _build_pretrainedmodels(name: str, in_channels: int, weights: str) -> Encoder:

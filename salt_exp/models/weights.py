@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -57,13 +58,21 @@ def hub_checkpoints_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def pretrainedmodels_imagenet_url(name: str) -> str:
+def import_pretrainedmodels(module: str) -> ModuleType:
+    """``pretrainedmodels.models.<module>``, imported without its warnings and without moving torch's seeded draws.
+
+    pretrainedmodels draws from torch's global generator on its first import: without the fork, the first model
+    built in a process got other initial weights than the next one built from the same seed (a study's trials).
+    """
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mod = importlib.import_module(f"pretrainedmodels.models.{_PM_MODULES[name]}")
-    return mod.pretrained_settings[name]["imagenet"]["url"]
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore")  # pretrainedmodels/torchvision deprecation noise on import
+        return importlib.import_module(f"pretrainedmodels.models.{module}")
+
+
+def pretrainedmodels_imagenet_url(name: str) -> str:
+    return import_pretrainedmodels(_PM_MODULES[name]).pretrained_settings[name]["imagenet"]["url"]
 
 
 def pretrainedmodels_imagenet_file(name: str) -> Path:

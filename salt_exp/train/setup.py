@@ -256,10 +256,10 @@ def val_loader(cfg: ExperimentConfig, fd: FoldData) -> torch.utils.data.DataLoad
 def build_parts(cfg: ExperimentConfig) -> tuple[torch.nn.Module, TileAdapter, DeepSupervisionLoss]:
     m = cfg.model
     torch.manual_seed(cfg.seed)  # same initial weights for the same config
-    planes, extra = input_channels(cfg), 0
-    if planes > num_channels(cfg.data.channels) and cfg.context.validity_init == "zero":
-        planes, extra = planes - 1, 1  # the validity plane: zero weights at the start, the rest drawn as plain
-    model = build_model(m.encoder, weights=m.weights, in_channels=planes, extra_channels=extra,
+    planes = input_channels(cfg)
+    # a validity plane under validity_init zero: zero weights at the start, every other weight drawn as plain
+    extra = planes - num_channels(cfg.data.channels) if cfg.context.validity_init == "zero" else 0
+    model = build_model(m.encoder, weights=m.weights, in_channels=planes - extra, extra_channels=extra,
                         decoder_channels=tuple(m.decoder_channels), scse=m.scse, hypercolumn=m.hypercolumn,
                         deep_supervision=m.deep_supervision, dropout=m.dropout)
     return model, TileAdapter(cfg.padding.mode, cfg.padding.size), build_loss(cfg)
