@@ -605,10 +605,17 @@ class FoldPseudoLabels:
     kept_empty: int
     kept_nonempty: int
     dropped: int
+    # (n, 101, 101) bool: pixels the segmentation losses leave out (pseudo.ignore_band; optional in the file: a
+    # labels file without it, or one made without the band, ignores nothing)
+    ignore: np.ndarray | None = None
 
     @property
     def counts(self) -> dict[str, int]:
         return {"kept_empty": self.kept_empty, "kept_nonempty": self.kept_nonempty, "dropped": self.dropped}
+
+    @property
+    def ignored_pixels(self) -> int:
+        return 0 if self.ignore is None else int(np.count_nonzero(self.ignore))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -629,6 +636,8 @@ def write_pseudo_labels(path: Path, labels: PseudoLabels) -> Path:
         arrays[f"{key}_masks"] = np.packbits(np.asarray(fl.masks, dtype=bool), axis=-1)  # bit-packed rows
         arrays[f"{key}_counts"] = np.array([fl.kept_empty, fl.kept_nonempty, fl.dropped], dtype=np.int64)
         arrays[f"{key}_threshold"] = np.array(fl.threshold, dtype=np.float64)
+        if fl.ignored_pixels:
+            arrays[f"{key}_ignore"] = np.packbits(np.asarray(fl.ignore, dtype=bool), axis=-1)
     np.savez_compressed(path, **arrays)
     return path
 
@@ -639,7 +648,13 @@ def read_pseudo_labels(path: Path) -> PseudoLabels:
         for key in z["folds"].astype(str).tolist():
             counts = z[f"{key}_counts"].tolist()
             masks = np.unpackbits(z[f"{key}_masks"], axis=-1, count=101).astype(np.uint8)
+            ignore = None
+            if f"{key}_ignore" in z.files:
+                ignore = np.unpackbits(z[f"{key}_ignore"], axis=-1, count=101).astype(bool).reshape(-1, 101, 101)
+                if ignore.shape != masks.reshape(-1, 101, 101).shape:
+                    raise ValueError(f"{key}_ignore holds {len(ignore)} tiles, {key}_masks {len(masks)}")
             folds[parse_fold(key)] = FoldPseudoLabels(
                 fold=parse_fold(key), ids=z[f"{key}_ids"].astype(str), masks=masks.reshape(-1, 101, 101),
-                threshold=float(z[f"{key}_threshold"]), kept_empty=counts[0], kept_nonempty=counts[1], dropped=counts[2])
+                threshold=float(z[f"{key}_threshold"]), kept_empty=counts[0], kept_nonempty=counts[1], dropped=counts[2],
+                ignore=ignore)
         return PseudoLabels(folds=folds, source=json.loads(str(z["meta"])))

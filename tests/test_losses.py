@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from salt_exp.errors import SaltError
 from salt_exp.losses import (
+    IGNORE,
+    SEG_LOSSES,
     DeepSupervisionLoss,
     bce,
     build_seg_loss,
@@ -171,3 +173,56 @@ def test_fused_only_output() -> None:
     assert set(parts) == {"fused"}
     torch.testing.assert_close(total, 2.0 * lovasz_hinge(out.fused, target))
     total.backward()
+
+
+# ---------------------------------------------------------------- ignored pixels (pseudo.ignore_band)
+
+
+@pytest.mark.parametrize("name", sorted(SEG_LOSSES))
+def test_each_loss_over_valid_pixels_is_the_loss_of_those_pixels_alone(name: str) -> None:
+    """With ``valid``, a loss equals the same loss over the valid pixels alone (per image for the per-image losses,
+    over the batch for BCE), and the ignored pixels get no gradient whatever their logits."""
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(3, 1, 12, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    target = (torch.rand(3, 1, 12, 12, generator=g) > 0.6).double()
+    valid = torch.rand(3, 1, 12, 12, generator=g) > 0.3
+    fn = SEG_LOSSES[name]
+    loss = fn(logits, target, valid)
+    if name == "bce":
+        expected = bce(logits[valid].view(1, 1, 1, -1), target[valid].view(1, 1, 1, -1))
+    else:  # per image: each image's valid pixels as an image of their own
+        expected = torch.stack([fn(logits[i][valid[i]].view(1, 1, 1, -1), target[i][valid[i]].view(1, 1, 1, -1))
+                                for i in range(3)]).mean()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert logits.grad[~valid].abs().sum() == 0 and logits.grad[valid].abs().sum() > 0
+    moved = logits.detach().clone()
+    moved[~valid] = torch.randn(int((~valid).sum()), generator=g, dtype=torch.float64) * 10
+    torch.testing.assert_close(fn(moved, target, valid), loss.detach())
+    torch.testing.assert_close(fn(logits.detach(), target, torch.ones_like(valid)), fn(logits.detach(), target))
+
+
+def test_deep_supervision_reads_the_ignore_bit_and_keeps_the_tile_non_empty() -> None:
+    """A mask with the IGNORE bit: the seg losses skip those pixels, the label bit still says the tile has salt
+    (the classification head sees it non-empty even where every salt pixel is ignored)."""
+    out = _output(3)
+    target = torch.zeros(3, 1, 101, 101)
+    target[1, :, 50:] = 1.0
+    target[2, :, 90:] = 1.0
+    ignore = torch.zeros_like(target, dtype=torch.bool)
+    ignore[1, :, 45:55] = True  # the boundary band of tile 1
+    ignore[2, :, 85:] = True  # every salt pixel of tile 2
+    loss_fn = DeepSupervisionLoss({"bce": 1.0, "lovasz": 0.5})
+    total, parts = loss_fn(out, target + IGNORE * ignore.float())
+    seg_fn, valid = build_seg_loss({"bce": 1.0, "lovasz": 0.5}), ~ignore
+    torch.testing.assert_close(parts["fused"], seg_fn(out.fused, target, valid).detach())
+    torch.testing.assert_close(parts["seg"], seg_fn(out.seg[1:], target[1:], valid[1:]).detach())
+    torch.testing.assert_close(parts["cls"], bce(out.cls, torch.tensor([0.0, 1.0, 1.0])).detach())
+    total.backward()
+    assert out.fused.grad[ignore].abs().sum() == 0 and out.seg.grad[ignore].abs().sum() == 0
+    assert out.fused.grad[~ignore].abs().sum() > 0
+    # without the bit the masks are plain 0/1 masks: the same losses as before the bit existed
+    again = _output(3)
+    total0, parts0 = loss_fn(again, target)
+    torch.testing.assert_close(parts0["fused"], seg_fn(again.fused, target).detach())
+    assert not torch.equal(total0.detach(), total.detach())

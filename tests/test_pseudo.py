@@ -18,6 +18,7 @@ from salt_exp.config import AugmentConfig, PseudoConfig, load_config
 from salt_exp.data.dataset import MixedSampler
 from salt_exp.data.kaggle import load_kaggle
 from salt_exp.ensemble.mosaic import MosaicIndex
+from salt_exp.losses import IGNORE
 from salt_exp.pseudo import round_study
 from salt_exp.pseudo.confidence import DROPPED, EMPTY, NONEMPTY, confidence_verdicts
 from salt_exp.pseudo.labels import Labeller
@@ -52,6 +53,82 @@ def test_confidence_rules_keep_and_drop_the_expected_tiles():
     assert confidence_verdicts(probs[:1], grown[:1], RULES).tolist() == [NONEMPTY]
     assert confidence_verdicts(probs[:1], grown[:1], replace(RULES, min_confident_pixels=1.0)).tolist() == [NONEMPTY]
     assert confidence_verdicts(probs[2:3], masks[2:3], replace(RULES, empty_max_prob=0.31)).tolist() == [EMPTY]
+
+
+def test_ignore_band_marks_the_uncertain_pixels_of_kept_salt_tiles_only(tmp_path):
+    """``pseudo.ignore_band``: a kept non-empty tile's pixels inside the band are left out of the loss unless the
+    mosaic rules set them; empty and dropped tiles ignore nothing; the labels file carries the map."""
+    from salt_exp.pseudo.confidence import ignore_map
+
+    rules = replace(RULES, pixel_low=0.3, pixel_high=0.7, min_confident_pixels=0.5, ignore_band=True)
+    probs = np.full((3, 101, 101), 0.05, np.float32)  # 0: confidently empty
+    probs[1, :, :50] = 0.95  # 1: salt on the left, an uncertain boundary band at columns 50-59
+    probs[1, :, 50:60] = 0.55
+    probs[1, :, 60:70] = 0.35
+    probs[2] = 0.5  # 2: uncertain everywhere: dropped
+    masks = (probs > 0.5).astype(np.uint8)
+    masks[1, 90:, :] = 1  # the mosaic rules extended the mask downwards: their pixels are labels, not guesses
+    verdicts = confidence_verdicts(probs, masks, rules)
+    assert verdicts.tolist() == [EMPTY, NONEMPTY, DROPPED]
+    ignore = ignore_map(probs, masks, verdicts, 0.5, rules)
+    expected = np.zeros_like(ignore)
+    expected[1, :90, 50:70] = True  # the band, where the mask is the model's
+    expected[1, 90:, 50:60] = True  # below row 90 the rules set 1: kept where the model said 0 (columns 60-69)
+    assert (ignore == expected).all()
+    assert ignore_map(probs, masks, verdicts, 0.5, replace(rules, ignore_band=False)) is None
+    # the labels file keeps the map (bit-packed) and a file without it reads back as ignoring nothing
+    kept = verdicts != DROPPED
+    fl = C.FoldPseudoLabels(fold=0, ids=np.array(["a", "b"]), masks=masks[kept], threshold=0.5, kept_empty=1,
+                            kept_nonempty=1, dropped=1, ignore=ignore[kept])
+    back = C.read_pseudo_labels(C.write_pseudo_labels(tmp_path / "l.npz", C.PseudoLabels(folds={0: fl}, source={})))
+    assert (back.folds[0].ignore == ignore[kept]).all() and back.folds[0].ignored_pixels == int(expected.sum())
+    plain = dataclasses.replace(fl, ignore=None)
+    back = C.read_pseudo_labels(C.write_pseudo_labels(tmp_path / "p.npz", C.PseudoLabels(folds={0: plain}, source={})))
+    assert back.folds[0].ignore is None and back.folds[0].ignored_pixels == 0
+
+
+def test_ignored_pixels_travel_with_the_mask_through_tiles_and_canvases():
+    """A mask with the IGNORE bit reaches the loss unchanged (plain tiles, context canvases with their validity
+    plane) and moves with the mask under the canvas flip."""
+    from salt_exp.data.context import hflip_canvas
+    from salt_exp.data.dataset import TileDataset
+    from salt_exp.data.transforms import CanvasTransform
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 255, (2, 101, 101), dtype=np.uint8)
+    masks = np.zeros((2, 101, 101), np.uint8)
+    masks[:, :, :30] = 1
+    masks[1, :, 25:40] += IGNORE  # label 1 (+2) on 25-29, label 0 (+2) on 30-39
+    item = TileDataset(images, masks, None, "raw")[1]
+    assert (item["mask"][0].numpy() == masks[1]).all()
+    with pytest.raises(ValueError, match=r"masks must be 0/1 \(\+2 on ignored pixels\), got max 4"):
+        TileDataset(images, masks + 1, None, "raw")
+    canvases = rng.integers(0, 255, (2, 128, 128), dtype=np.uint8)
+    validity = np.zeros((2, 128, 128), np.uint8)
+    validity[:, 13:114, 13:128] = 1  # the tile and its right-hand neighbour
+    item = TileDataset(canvases, masks, None, "raw", validity=validity)[1]
+    assert (item["mask"][0].numpy() == masks[1]).all() and (item["image"][1].numpy() == validity[1]).all()
+    flip = CanvasTransform(AugmentConfig(hflip=1.0, invert=0, gamma=0, cutout=0, crop=0), seed=0, size=128)
+    item = TileDataset(canvases, masks, None, "raw", validity=validity, transform=flip)[1]
+    padded = np.zeros((128, 128), np.uint8)
+    padded[13:114, 13:114] = masks[1]
+    assert (item["mask"][0].numpy() == hflip_canvas(padded)[13:114, 13:114]).all()
+    assert (item["image"][1].numpy() == hflip_canvas(validity[1], valid_plane=True)).all()
+
+
+def test_pseudo_cycles_keeps_the_labels_to_the_first_cycles():
+    """``pseudo.cycles``: the epochs of the first N cycles draw pseudo tiles, later ones the training tiles only."""
+    from types import SimpleNamespace
+
+    from salt_exp.train.fold_run import FoldTrainer
+
+    def at(cycles, cycle_epochs):
+        cfg = SimpleNamespace(pseudo=PseudoConfig(cycles=cycles))
+        return [FoldTrainer.pseudo_at(SimpleNamespace(cfg=cfg, cycle_epochs=cycle_epochs), e) for e in range(6)]
+
+    assert at(1, 2) == [True, True, False, False, False, False]
+    assert at(2, 2) == [True] * 4 + [False] * 2
+    assert at(None, 2) == [True] * 6
 
 
 def test_mixed_sampler_draws_the_share_keeps_the_epoch_and_replays():
@@ -157,7 +234,8 @@ def test_fold_labels_never_include_train_tiles_nor_read_the_folds_validation_tru
 
 ROUND0 = [*TINY, "padding.mode=resize", "padding.size=64", "schedule.cycles=1", "schedule.cycle_epochs=1",
           "lr_find.enabled=false", "optim.lr=0.01", "train.threads=1"]  # one thread: the machine may be shared
-LOOSE = ["pseudo.empty_max_prob=1.0", "pseudo.min_confident_pixels=0.0"]  # a 1-epoch model is unsure: keep every tile
+LOOSE = ["pseudo.empty_max_prob=1.0", "pseudo.min_confident_pixels=0.0",  # a 1-epoch model is unsure: keep every tile
+         "pseudo.ignore_band=true"]  # and leave its unsure pixels out of the loss
 
 
 def _sets(items: list[str]) -> list[str]:
@@ -202,6 +280,7 @@ def test_a_round_logs_its_labels_and_lineage_and_trains_on_them(pseudo_round, sy
     assert (p["source_model"], p["source_version"], p["source_run"]) == ("salt-pl-ensemble", str(champion.version),
                                                                           champion.tags["ensemble_run"])
     assert p["pseudo.min_confident_pixels"] == "0.0" and p["pseudo.empty_max_prob"] == "1.0"
+    assert p["pseudo.ignore_band"] == "True"
     versions = {f"salt-pl/v{v.version}": v for v in c.search_model_versions("name='salt-pl'")}
     for fold in (0, 1):  # each fold's labels were made by that fold's members only
         assert p[f"fold{fold}_members"].split(",") == [m for m in members if versions[m].tags["fold"] == str(fold)]
@@ -217,6 +296,9 @@ def test_a_round_logs_its_labels_and_lineage_and_trains_on_them(pseudo_round, sy
         m = pseudo.data.metrics
         assert (m[f"fold{C.fold_label(fold)}_kept_empty"], m[f"fold{C.fold_label(fold)}_kept_nonempty"]) == (
             fl.kept_empty, fl.kept_nonempty) and fl.dropped == 0
+        # ignore_band: the unsure pixels of the salt tiles, none of an empty one's
+        assert m[f"fold{C.fold_label(fold)}_ignored_pixels"] == fl.ignored_pixels > 0
+        assert not fl.ignore[~fl.masks.any(axis=(1, 2))].any()
     digest = hashlib.sha1(path.read_bytes()).hexdigest()
     # the round's fold runs: nested in a cv run, naming the ensemble version and the pseudo run
     folds = {int(r.data.tags["salt.fold"]): r for r in _runs(c, "pl-pl1", "fold")}
@@ -234,7 +316,8 @@ def test_a_round_logs_its_labels_and_lineage_and_trains_on_them(pseudo_round, sy
     cfg = load_config(Path(mlflow.artifacts.download_artifacts(run_id=folds[0].info.run_id, artifact_path="config.yaml",
                                                                dst_path=str(tmp / "cfg"))))
     fd = load_fold(cfg, 0, pseudo_file=path)
-    assert fd.pseudo.ids.tolist() == labels.folds[0].ids.tolist() and (fd.pseudo.masks == labels.folds[0].masks).all()
+    trained = labels.folds[0].masks + IGNORE * labels.folds[0].ignore  # the label and, on unsure pixels, the bit
+    assert fd.pseudo.ids.tolist() == labels.folds[0].ids.tolist() and (fd.pseudo.masks == trained).all()
     assert cfg.pseudo.share == 0.5 and not np.isin(fd.pseudo.ids, fd.val_ids).any()
     full = replace(cfg, train=replace(cfg.train, max_train_batches=None))
     n_train, drawn, pseudo_drawn = len(fd.train_idx), 0, 0
@@ -247,10 +330,10 @@ def test_a_round_logs_its_labels_and_lineage_and_trains_on_them(pseudo_round, sy
     first = [(b["index"].numpy(), b["mask"].numpy()) for b in train_loader(plain, fd, 3)]
     again = [b["index"].numpy() for b in train_loader(plain, fd, 3)]
     assert all((a == i).all() for (i, _), a in zip(first, again, strict=True))
-    for idx, batch_masks in first:  # a pseudo tile trains with its label
+    for idx, batch_masks in first:  # a pseudo tile trains with its label (and its ignored pixels)
         for k, i in enumerate(idx):
             if i >= n_train:
-                assert (batch_masks[k, 0] == labels.folds[0].masks[i - n_train]).all()
+                assert (batch_masks[k, 0] == trained[i - n_train]).all()
 
     # the same command again: the labels and the fold runs are reused, nothing new is logged
     before = sorted(r.info.run_id for r in c.search_runs([c.get_experiment_by_name("salt/pl-pl1").experiment_id]))

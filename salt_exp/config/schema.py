@@ -150,6 +150,12 @@ class PseudoConfig:
     its mask is non-empty and at least ``min_confident_pixels`` of its pixels are below ``pixel_low`` or above
     ``pixel_high``; every other tile is dropped. ``share``: the probability that a training sample is drawn from
     the fold's pseudo-labelled tiles instead of its training tiles (an epoch keeps its number of batches).
+    ``ignore_band``: a kept non-empty tile's pixels inside the band (``pixel_low`` <= p <= ``pixel_high``, where the
+    mosaic rules left the thresholded mask as it was) are left out of the segmentation losses instead of trained on
+    as the source's guesses (the classification head still sees the tile as non-empty); with it,
+    ``min_confident_pixels`` can be lowered to keep more tiles. ``cycles``: pseudo tiles are drawn in the first
+    ``cycles`` cosine cycles only (null: every cycle), e.g. 1 to keep them out of a Lovasz cycle
+    (``loss.late_terms``).
     """
 
     labels: str = ""  # runs:/<run_id>/pseudo/labels.npz (a pseudo run's artifact) or that run's id; "": none
@@ -158,6 +164,8 @@ class PseudoConfig:
     pixel_low: float = _prob(0.1)
     pixel_high: float = _prob(0.9)
     min_confident_pixels: float = _prob(0.97)
+    ignore_band: bool = False
+    cycles: int | None = _num(None, ge=1)
     # a round is refused when a pseudo tile would be drawn more than this many times as often as a training tile
     # (share / kept pseudo tiles against (1 - share) / training tiles): a handful of labels at share 0.5 would
     # fill half of every batch with the same few tiles

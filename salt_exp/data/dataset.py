@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from salt_exp.errors import SaltError
+from salt_exp.losses import IGNORE
 
 DEPTH_SCALE = 1000.0  # TGS depths are ~50..960 ft, so z / 1000 lies in [0, 1)
 CHANNEL_MODES = {"raw": 1, "depth": 3, "coord": 3}
@@ -51,15 +52,17 @@ class TileDataset(Dataset):
     """Tiles, optional masks and depths in memory; items are dicts of tensors.
 
     images: (N, H, W) uint8; masks: (N, H, W) uint8 in {0, 1} or None (test set: items then have no
-    "mask"); depths: (N,) float feet (may be None for ``channels="raw"``); transform: a seeded
+    "mask"), or with :data:`salt_exp.losses.IGNORE` added on pixels the loss skips (2, 3: a pseudo-labelled
+    tile's uncertain pixels); depths: (N,) float feet (may be None for ``channels="raw"``); transform: a seeded
     ``(image, mask) -> (image, mask)`` callable applied before the planes are built (so the coord
     plane always describes the output rows). Items:
     ``{"image": float32 (C, H, W) in [0, 1], "mask": float32 (1, H, W) 0/1, "index": int}``.
 
     Context canvases (:mod:`salt_exp.data.context`): ``images`` are (N, S, S) canvases, ``validity`` their
     (N, S, S) uint8 planes, ``masks`` still (N, 101, 101); the transform (a ``CanvasTransform``) then moves the
-    canvas and a packed label plane (the mask in the middle + 2 x validity) together, the item's mask is the
-    middle 101 x 101 again and its image gets the validity as one more plane when ``validity_plane``.
+    canvas and a packed label plane (the label in the middle + 2 x validity + 4 x the ignore bit) together, the
+    item's mask is the middle 101 x 101 again and its image gets the validity as one more plane when
+    ``validity_plane``.
     """
 
     def __init__(
@@ -82,8 +85,9 @@ class TileDataset(Dataset):
         if masks is not None:
             if masks.shape != tile_shape or masks.dtype != np.uint8:
                 raise ValueError(f"masks must be uint8 {tile_shape}, got {masks.dtype} {masks.shape}")
-            if masks.size and masks.max() > 1:
-                raise ValueError(f"masks must be 0/1, got max {masks.max()} (binarise 0/255 or 0/65535 first)")
+            if masks.size and masks.max() > 1 | IGNORE:
+                raise ValueError(f"masks must be 0/1 (+{IGNORE} on ignored pixels), got max {masks.max()} "
+                                 "(binarise 0/255 or 0/65535 first)")
         if depths is None and channels != "raw":
             raise SaltError(f"channels={channels!r} needs depths; only 'raw' works without them")
         if depths is not None and np.shape(depths) != (len(images),):
@@ -113,18 +117,20 @@ class TileDataset(Dataset):
         canvas, size = self.images[index], self.images.shape[-1]
         b = (size - TILE) // 2
         packed = self.validity[index] * np.uint8(2)
-        if self.masks is not None:
-            packed[b:b + TILE, b:b + TILE] |= self.masks[index]
+        if self.masks is not None:  # the label in bit 0, validity in bit 1, the ignore bit in bit 2
+            mask = self.masks[index]
+            packed[b:b + TILE, b:b + TILE] |= (mask & 1) | ((mask & IGNORE) << 1)
         if self.transform is not None:
             canvas, packed = self.transform(canvas, packed)
         plane = torch.from_numpy(np.ascontiguousarray(canvas)).float().div_(255.0)
         depth = float(self.depths[index]) if self.depths is not None else 0.0
         planes = _planes(plane, depth, self.channels)
         if self.validity_plane:
-            planes = torch.cat([planes, torch.from_numpy((packed >> 1).astype(np.float32))[None]])
+            planes = torch.cat([planes, torch.from_numpy(((packed >> 1) & 1).astype(np.float32))[None]])
         item: dict[str, Any] = {"image": planes, "index": int(index)}
         if self.masks is not None:
-            item["mask"] = torch.from_numpy((packed[b:b + TILE, b:b + TILE] & 1).astype(np.float32))[None]
+            inner = packed[b:b + TILE, b:b + TILE]
+            item["mask"] = torch.from_numpy(((inner & 1) | ((inner >> 1) & IGNORE)).astype(np.float32))[None]
         return item
 
     def reseed(self, seed: int) -> None:

@@ -123,8 +123,9 @@ def build_train_transform(augment_cfg: AugmentConfig, seed: int, *, tile_size: i
 
 
 class CanvasTransform:
-    """The training augmentation of a context canvas (S, S) and its packed label plane (S, S) uint8 (the tile's mask
-    in the middle, plus 2 x validity), so that the tile and its neighbours move together.
+    """The training augmentation of a context canvas (S, S) and its packed label plane (S, S) uint8 (the tile's label
+    in the middle, plus 2 x validity, plus 4 x the loss's ignore bit), so that the tile and its neighbours move
+    together.
 
     Pixel transforms and cutout act on the whole canvas (as on a tile). The fixed-size crop zooms by
     101 / ``crop_size`` about a point chosen so that the output's centre 101 x 101 comes from inside the tile

@@ -2,8 +2,9 @@
 
 A tile is kept *empty* when its highest probability is below ``empty_max_prob`` and the post-processing rules
 left its mask empty; *non-empty* when its post-processed mask is non-empty and at least ``min_confident_pixels``
-of its pixels are below ``pixel_low`` or above ``pixel_high``; every other tile is dropped (a per-pixel ignore
-mask in the loss would keep more of them; here the per-pixel rule only filters tiles).
+of its pixels are below ``pixel_low`` or above ``pixel_high``; every other tile is dropped. With
+``ignore_band`` a kept non-empty tile's pixels inside the band are also marked for the loss to leave out
+(:func:`ignore_map`), so a tile with uncertain boundaries teaches its confident pixels only.
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ def confidence_verdicts(probs: np.ndarray, masks: np.ndarray, rules: PseudoConfi
     out[empty & (p.max(axis=1) < rules.empty_max_prob)] = EMPTY
     out[~empty & confident] = NONEMPTY
     return out
+
+
+def ignore_map(probs: np.ndarray, masks: np.ndarray, verdicts: np.ndarray, threshold: float,
+               rules: PseudoConfig) -> np.ndarray | None:
+    """(N, H, W) bool: the pixels of NONEMPTY tiles whose probability lies in the band (``pixel_low`` <= p <=
+    ``pixel_high``) and whose mask pixel is the thresholded probability's (a pixel the mosaic rules set is their
+    verdict, not the model's guess, and stays); None without ``rules.ignore_band``."""
+    if not rules.ignore_band:
+        return None
+    p = np.asarray(probs, dtype=np.float32)
+    band = (p >= rules.pixel_low) & (p <= rules.pixel_high)
+    model_says = np.asarray(masks).astype(bool) == (p > threshold)
+    return band & model_says & (np.asarray(verdicts) == NONEMPTY)[:, None, None]
 
 
 EMPTY_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)  # empty_max_prob values the calibration table counts

@@ -23,7 +23,7 @@ from salt_exp.data.context import ContextPool, TileContext
 from salt_exp.data.kaggle import TileSet
 from salt_exp.ensemble.predict import member_predictor
 from salt_exp.errors import SaltError
-from salt_exp.pseudo.confidence import DROPPED, EMPTY, NONEMPTY, calibration, confidence_verdicts
+from salt_exp.pseudo.confidence import DROPPED, EMPTY, NONEMPTY, calibration, confidence_verdicts, ignore_map
 from salt_exp.pseudo.source import SourceEnsemble
 from salt_exp.serving.predictor import EnsemblePredictor, KnownTiles
 from salt_exp.tracking import fetch_artifact
@@ -67,9 +67,11 @@ class Labeller:
         verdict = confidence_verdicts(probs, masks, self.confidence)
         self.calibration[fold] = calibration(probs, masks, self.confidence)
         kept = verdict != DROPPED
+        ignore = ignore_map(probs, masks, verdict, float(predictor.threshold), self.confidence)
         return FoldPseudoLabels(fold=fold, ids=self.test.ids[kept], masks=np.asarray(masks)[kept].astype(np.uint8),
                                 threshold=float(predictor.threshold), kept_empty=int((verdict == EMPTY).sum()),
-                                kept_nonempty=int((verdict == NONEMPTY).sum()), dropped=int((~kept).sum()))
+                                kept_nonempty=int((verdict == NONEMPTY).sum()), dropped=int((~kept).sum()),
+                                ignore=None if ignore is None else ignore[kept])
 
     def fold_labels(self, members: Sequence[object], *, fold: int, threshold: float,
                     hidden: Sequence[str]) -> tuple[FoldPseudoLabels, np.ndarray]:

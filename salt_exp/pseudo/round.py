@@ -27,7 +27,7 @@ from salt_exp.tracking import RunTracker, fetch_artifact, find_runs, temp_dir
 from salt_exp.train.run import FoldRunInfo
 from salt_exp.train.setup import load_fold
 
-CONFIDENCE_KEYS = ("empty_max_prob", "pixel_low", "pixel_high", "min_confident_pixels")
+CONFIDENCE_KEYS = ("empty_max_prob", "pixel_low", "pixel_high", "min_confident_pixels", "ignore_band")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +73,7 @@ def pseudo_key(source: SourceEnsemble, cfg: ExperimentConfig) -> str:
     """What makes one set of labels: the source version, the data and its folds, the confidence rules."""
     d, p = cfg.data, cfg.pseudo
     payload = {"ensemble": source.key, "data": str(Path(d.root).resolve()), "folds": [d.folds_scheme, d.n_folds, d.folds_seed],
-               **{k: getattr(p, k) for k in CONFIDENCE_KEYS}}
+               **{k: getattr(p, k) for k in CONFIDENCE_KEYS if k != "ignore_band" or p.ignore_band}}  # earlier keys kept
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -159,8 +159,10 @@ def _label(source: SourceEnsemble, cfg: ExperimentConfig, run_id: str, cache: Pa
                         confidence=cfg.pseudo, pool=ContextPool.from_data(data))
     folds = make_labels(source, labeller, val_ids, cache, device)
     for fold, fl in folds.items():
-        print(f"[pseudo] fold {C.fold_label(fold)}: kept {fl.kept_empty} empty + {fl.kept_nonempty} non-empty of "
-              f"{len(data.test)} test tiles; " + calibration_line(labeller.calibration.get(fold)), flush=True)
+        ignored = (f" ({fl.ignored_pixels / max(fl.kept_nonempty * fl.masks[0].size, 1):.1%} of their pixels "
+                   "left out of the loss: ignore_band)") if cfg.pseudo.ignore_band else ""
+        print(f"[pseudo] fold {C.fold_label(fold)}: kept {fl.kept_empty} empty + {fl.kept_nonempty} non-empty{ignored} "
+              f"of {len(data.test)} test tiles; " + calibration_line(labeller.calibration.get(fold)), flush=True)
     n_train = {f: int((tile_fold != f).sum()) for f in folds}
     for fold, fl in folds.items():
         check_oversampling(fl, n_train[fold], cfg.pseudo, labeller.calibration.get(fold))
@@ -212,6 +214,7 @@ def _log_labels(tracker: RunTracker, labels: PseudoLabels) -> None:
         k = C.fold_label(fold)
         metrics.update({f"fold{k}_{name}": value for name, value in fl.counts.items()})
         metrics[f"fold{k}_threshold"] = fl.threshold
+        metrics[f"fold{k}_ignored_pixels"] = fl.ignored_pixels
     tracker.log_metrics(metrics, step=0)
     with temp_dir() as tmp:
         path = C.write_pseudo_labels(Path(tmp) / Path(C.PSEUDO_LABELS).name, labels)
@@ -219,4 +222,5 @@ def _log_labels(tracker: RunTracker, labels: PseudoLabels) -> None:
     rows = list(labels.folds.values())
     tracker.log_table({"fold": [C.fold_label(fl.fold) for fl in rows],
                        **{name: [fl.counts[name] for fl in rows] for name in rows[0].counts},
-                       "threshold": [fl.threshold for fl in rows]}, C.PSEUDO_COUNTS)
+                       "threshold": [fl.threshold for fl in rows],
+                       "ignored_pixels": [fl.ignored_pixels for fl in rows]}, C.PSEUDO_COUNTS)

@@ -198,9 +198,15 @@ class FoldTrainer:
         """The loss of ``epoch``: ``loss.late_terms`` from cycle ``loss.late_from_cycle`` on, else the first."""
         return self.late_loss_fn if epoch // self.cycle_epochs >= self.cfg.loss.late_from_cycle else self.loss_fn
 
+    def pseudo_at(self, epoch: int) -> bool:
+        """Whether ``epoch`` draws pseudo-labelled tiles: in the first ``pseudo.cycles`` cycles (None: every one)."""
+        limit = self.cfg.pseudo.cycles
+        return limit is None or epoch // self.cycle_epochs < limit
+
     def _epoch(self, epoch: int) -> None:
         plan, loss_fn, schedule = self.state.budget, self.loss_at(epoch), self._schedule()
-        loader = train_loader(self.cfg, self.fd, epoch, batches=plan.batches if plan is not None else None)
+        loader = train_loader(self.cfg, self.fd, epoch, batches=plan.batches if plan is not None else None,
+                              pseudo=self.pseudo_at(epoch))
         # a budgeted run's epochs differ in length (re-planned): the LR follows the epoch's share of its cycle
         start = epoch * plan.batches if plan is not None else self.state.step
         stats = train_epoch(self.model, self.adapter, loss_fn, loader,

@@ -18,7 +18,7 @@ from salt_exp.data.kaggle import KaggleData, load_kaggle
 from salt_exp.data.padding import TileAdapter
 from salt_exp.data.transforms import build_train_transform
 from salt_exp.errors import SaltError
-from salt_exp.losses import DeepSupervisionLoss
+from salt_exp.losses import IGNORE, DeepSupervisionLoss
 from salt_exp.models import build_model
 
 
@@ -28,7 +28,7 @@ class PseudoTiles:
 
     ids: np.ndarray  # (n,) str, test tiles only
     images: np.ndarray  # (n, 101, 101) uint8
-    masks: np.ndarray  # (n, 101, 101) uint8 0/1
+    masks: np.ndarray  # (n, 101, 101) uint8 0/1, + losses.IGNORE on the pixels the labels leave out of the loss
     depths: np.ndarray  # (n,) float32
     digest: str  # sha1 of the labels file: runs trained on other labels differ here
     source: dict[str, str]  # where the labels came from (contract.PseudoLabels.source)
@@ -137,7 +137,10 @@ def load_pseudo(path: Path, data: KaggleData, fold: int, cfg: ExperimentConfig) 
     pos = test.position(mine.ids.tolist())  # SaltError naming a tile that is not a test tile of this data
     if cfg.data.channels == "depth" and np.isnan(test.depths[pos]).any():
         raise SaltError(f"{where}: data.channels is depth but depths.csv lacks some pseudo-labelled tiles' depth")
-    return PseudoTiles(ids=mine.ids, images=test.images[pos], masks=mine.masks.astype(np.uint8),
+    masks = mine.masks.astype(np.uint8)
+    if mine.ignore is not None:
+        masks = masks | (mine.ignore.astype(np.uint8) * np.uint8(IGNORE))
+    return PseudoTiles(ids=mine.ids, images=test.images[pos], masks=masks,
                        depths=test.depths[pos], digest=hashlib.sha1(Path(path).read_bytes()).hexdigest(),
                        source=labels.source)
 
@@ -209,16 +212,18 @@ def epoch_batches(cfg: ExperimentConfig, n_tiles: int, *, capped: bool = True) -
     return min(full, cap) if capped and cap is not None else full
 
 
-def train_loader(cfg: ExperimentConfig, fd: FoldData, epoch: int, *, batches: int | None = None):
+def train_loader(cfg: ExperimentConfig, fd: FoldData, epoch: int, *, batches: int | None = None,
+                 pseudo: bool = True):
     """The loader of one epoch: order and augmentations are a function of (seed, epoch) alone, so resume replays.
     ``batches``: at most this many batches (a budgeted run's planned epoch), as does ``train.max_train_batches``.
-    With pseudo-labelled tiles (``fd.pseudo``) each sample is one of them with probability ``pseudo.share``, else a
-    training tile (:class:`MixedSampler`); the epoch has as many batches as without them."""
+    With pseudo-labelled tiles (``fd.pseudo``) and ``pseudo`` (False: an epoch past ``pseudo.cycles``) each sample
+    is one of them with probability ``pseudo.share``, else a training tile (:class:`MixedSampler`); the epoch has
+    as many batches as without them."""
     seed = cfg.seed * 100_003 + epoch
     c = fd.context
     transform = build_train_transform(cfg.augment, seed, canvas=None if c is None else cfg.padding.size)
     p = fd.pseudo
-    if p is not None and len(p.ids) and cfg.pseudo.share > 0:
+    if pseudo and p is not None and len(p.ids) and cfg.pseudo.share > 0:
         ds = _with_pseudo(fd, p, cfg.data.channels, transform)
         sampler = MixedSampler(len(fd.train_idx), len(p.ids), cfg.pseudo.share, seed=seed)
     else:
