@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv test reliability data check train cv study dashboard ensemble pseudo swa predict serve report viz ui lint bench bench-precision bench-quality bench-ensemble bench-context device-kit clean-cache
+.PHONY: venv test reliability data check train cv study dashboard ensemble pseudo swa predict serve report viz ui lint bench bench-precision bench-quality bench-ensemble bench-pseudo bench-context device-kit clean-cache
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -105,6 +105,10 @@ bench-quality: $(STAMP)  ## smp loop vs harness configs at MINUTES per fold on D
 bench-ensemble: $(STAMP)  ## the ensemble waterfall of configs/cpu.yaml on DATA (real data), one fold per part -> benchmarks/results/ensemble.json
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
 	$(BIN)/python benchmarks/bench_ensemble.py --data $(DATA) --minutes $(MINUTES) $(if $(FOLDS),--folds $(FOLDS),) --docs
+
+bench-pseudo: $(STAMP)  ## pseudo-labelling rounds from configs/cpu.yaml's fold ensembles on DATA (real data), VARIANTS, one (variant, fold) per part -> benchmarks/results/pseudo.json
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
+	$(BIN)/python benchmarks/bench_pseudo.py --data $(DATA) --minutes $(MINUTES) $(if $(FOLDS),--folds $(FOLDS),) $(if $(VARIANTS),--variants $(VARIANTS),) --docs
 
 EPOCHS ?= 8
 bench-context: $(STAMP)  ## the mosaic-context model vs plain + mosaic rules on DATA (real data, mosaic-grouped folds, EPOCHS per fold run) -> benchmarks/results/context.json

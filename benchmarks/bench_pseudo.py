@@ -1,0 +1,227 @@
+"""Pseudo-labelling rounds on real data (issue 15), in resumable (variant, fold) parts: does a round pay out of fold?
+
+    .venv/bin/python benchmarks/bench_pseudo.py --data ../shared/tgs [--minutes 25] [--folds 0-4]
+        [--variants ignore-c1,band] [--results benchmarks/results/pseudo.json] [--report-only] [--docs]
+    make bench-pseudo DATA=../shared/tgs [FOLDS=0-1] [VARIANTS=ignore-c1]
+
+A *part* is one fold k and one confidence variant:
+1. the source: ``configs/cpu.yaml`` on fold k at ``--minutes`` (the fold run of bench_quality's ``cpu`` part, in the
+   same study ``bq-cpu``; trained here when this store lacks it, its quality figure printed, not saved: the
+   quality table keeps the parts it has);
+2. its ensemble on fold k (``salt-exp ensemble --study bq-cpu --folds k``, made once per fold and reused by every
+   variant): the labels' source and the figure to beat;
+3. ``salt-exp pseudo`` from that ensemble version, fold k only, into a study of its own (``bp-<variant>-f<k>``),
+   the round's config the source's best member's plus the variant's ``pseudo.*`` overrides, at the same budget;
+4. the round's ensemble on fold k, whose waterfall ends with ``pseudo-labels vs`` the source ensemble: the gain.
+The gain compares two ensembles built the same way, each from one 25-minute fold run; the round trained on
+labels its source made, so it had that run's knowledge besides its own budget. A finished part is appended to
+the results file (temp file + rename); rerun the command to continue. The report (stdout, ``--docs``:
+docs/BENCHMARKS.md "Pseudo-labelling rounds") gives per variant each fold's source and round OOF, the gain and
+its spread over folds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bench_ensemble as be  # noqa: E402  (the source fold runs and their study)
+import bench_quality as bq  # noqa: E402  (the same folds, recipe keys and machine facts)
+
+RESULTS = REPO / "benchmarks" / "results" / "pseudo.json"
+BEGIN, END = "<!-- pseudo:begin -->", "<!-- pseudo:end -->"
+SOURCE_STUDY = "bq-cpu"
+# the first real round's settings (a Lovasz-trained source: its probabilities crowd near 0.27 / 0.73)
+BAND = ["pseudo.pixel_low=0.3", "pseudo.pixel_high=0.7", "pseudo.empty_max_prob=0.4"]
+VARIANTS = {
+    "band": [*BAND, "pseudo.min_confident_pixels=0.9", "pseudo.share=0.3"],  # the first measured round, again
+    # the band's pixels out of the loss, many more salt tiles kept, pseudo tiles in the BCE + Dice cycle only
+    "ignore-c1": [*BAND, "pseudo.min_confident_pixels=0.5", "pseudo.ignore_band=true", "pseudo.cycles=1",
+                  "pseudo.share=0.3"],
+    "ignore-c1-share15": [*BAND, "pseudo.min_confident_pixels=0.5", "pseudo.ignore_band=true", "pseudo.cycles=1",
+                          "pseudo.share=0.15"],
+}
+
+
+def load_parts(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["parts"]
+    except (ValueError, KeyError, TypeError) as exc:
+        sys.exit(f"{path}: not a bench_pseudo results file ({exc}); move it away or fix it")
+
+
+def key_of(part: dict) -> tuple:
+    return part["variant"], part["fold"], part["minutes"], part["recipe"], tuple(part["overrides"])
+
+
+def save_part(path: Path, part: dict) -> None:
+    parts = [p for p in load_parts(path) if key_of(p) != key_of(part)] + [part]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"parts": parts}, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _steps(result, fold: int) -> list[dict]:
+    return [{"step": s.name, "label": s.label, "score": s.folds.get(fold) if s.score is not None else None,
+             "gain": s.gain_folds.get(fold) if not s.chained else None, "chained": s.chained}
+            for s in result.waterfall.steps]
+
+
+def _ensemble(study: str, fold: int):
+    from salt_exp.ensemble.build import EnsembleSpec
+    from salt_exp.ensemble.options import EnsembleOptions
+    from salt_exp.pipeline import ensemble_study
+
+    with tempfile.TemporaryDirectory(prefix="bench-pseudo-") as tmp:
+        spec = EnsembleSpec.for_study(study, options=EnsembleOptions(), folds=(fold,), out=str(Path(tmp) / "sub.csv"))
+        return ensemble_study(spec)
+
+
+def source_ensemble(data: Path, fold: int, minutes: float) -> tuple[str, dict]:
+    """The source ensemble version of fold k (made here once; its run tagged ``bench.pseudo_source`` = k), and
+    what it scored."""
+    from salt_exp import contract as C
+    from salt_exp.config import config_hash
+    from salt_exp.tracking import RunTracker, ensemble_versions, run_summary
+
+    recipe = config_hash(bq.harness_config("cpu", "", data, minutes))
+    tag = f"{fold}:{minutes:g}:{recipe}"
+    try:
+        for v in ensemble_versions(C.ensemble_model(SOURCE_STUDY)):
+            s = run_summary(v.ensemble_run)
+            if s.tags.get("bench.pseudo_source") == tag:
+                return f"{C.ensemble_model(SOURCE_STUDY)}/v{v.version}", json.loads(s.tags["bench.pseudo_steps"])
+    except Exception:  # noqa: BLE001 - no ensemble model yet
+        pass
+    if fold not in be.trained_folds(SOURCE_STUDY, recipe):
+        out = bq.run_harness("cpu", "", data, fold, minutes)
+        print(f"[bench-pseudo] source fold {fold}: val_map {out['val_map']:.4f} ({out['images_seen']} images)", flush=True)
+    outcome = _ensemble(SOURCE_STUDY, fold)
+    steps = _steps(outcome.result, fold)
+    RunTracker.attach(outcome.logged.run_id).set_tags({"bench.pseudo_source": tag,
+                                                       "bench.pseudo_steps": json.dumps(steps)})
+    return f"{C.ensemble_model(SOURCE_STUDY)}/v{outcome.logged.version}", steps
+
+
+def run_part(data: Path, variant: str, fold: int, minutes: float, results: Path) -> None:
+    from salt_exp.pseudo.round import PseudoRequest, run_pseudo
+
+    t0 = time.perf_counter()
+    version, source_steps = source_ensemble(data, fold, minutes)
+    overrides = VARIANTS[variant]
+    study = f"bp-{variant}-f{fold}"
+    outcome = run_pseudo(PseudoRequest(study=SOURCE_STUDY, version=version.rpartition("/v")[2], folds=str(fold),
+                                       into=study, overrides=(*overrides, f"schedule.budget_minutes={minutes:g}")))
+    labels = outcome.labels[fold]
+    ens = _ensemble(study, fold)
+    steps = _steps(ens.result, fold)
+    final = [s for s in source_steps if s["chained"] and s["score"] is not None]
+    compare = next((s for s in steps if s["step"] == "pseudo"), None)
+    part = {"variant": variant, "fold": fold, "minutes": minutes, "overrides": overrides,
+            "recipe": bq.recipe_of("cpu", "", data, minutes), "source": version,
+            "source_best_single": final[0]["score"], "source_final": final[-1]["score"],
+            "round_best_single": next(s["score"] for s in steps if s["chained"] and s["score"] is not None),
+            "round_final": [s for s in steps if s["chained"] and s["score"] is not None][-1]["score"],
+            "gain": None if compare is None else compare["gain"],
+            "kept_empty": labels.kept_empty, "kept_nonempty": labels.kept_nonempty,
+            "ignored_pixels": labels.ignored_pixels, "round_study": study, "steps": steps,
+            "source_steps": source_steps, "wall_s": round(time.perf_counter() - t0, 1), "machine": bq.machine(),
+            "commit": bq.git_commit(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    save_part(results, part)
+    print(f"[bench-pseudo] {variant} fold {fold}: source {part['source_final']:.4f}, round {part['round_final']:.4f} "
+          f"({part['gain']:+.4f}); kept {labels.kept_empty} empty + {labels.kept_nonempty} non-empty", flush=True)
+
+
+def report(parts: list[dict], variants: list[str], minutes: float, recipe: str, folds: list[int]) -> str:
+    fresh = [p for p in parts if p["minutes"] == minutes and p["recipe"] == recipe and p["fold"] in folds
+             and p["variant"] in variants and p["overrides"] == VARIANTS[p["variant"]]]
+    lines = [f"Source: `configs/cpu.yaml` at {minutes:g} min per fold on real data, its fold-k ensemble; a round: the "
+             "same recipe and budget on train + that ensemble's pseudo-labels of the 4861 test tiles.", ""]
+    if not fresh:
+        return "\n".join([*lines, "No part measured yet."])
+    lines += ["| variant | fold | kept empty / non-empty | ignored px | source best single | source ensemble | "
+              "round best single | round ensemble | gain |", "|---|---|---|---|---|---|---|---|---|"]
+    for p in sorted(fresh, key=lambda p: (variants.index(p["variant"]), p["fold"])):
+        gain = "-" if p["gain"] is None else f"{p['gain']:+.4f}"
+        lines.append(f"| {p['variant']} | {p['fold']} | {p['kept_empty']} / {p['kept_nonempty']} | "
+                     f"{p['ignored_pixels']} | {p['source_best_single']:.4f} | {p['source_final']:.4f} | "
+                     f"{p['round_best_single']:.4f} | {p['round_final']:.4f} | {gain} |")
+    lines += ["", "| variant | settings | folds | mean gain | gain sd over folds |", "|---|---|---|---|---|"]
+    for v in variants:
+        gains = [p["gain"] for p in fresh if p["variant"] == v and p["gain"] is not None]
+        if gains:
+            sd = f"{statistics.stdev(gains):.4f}" if len(gains) > 1 else "-"
+            lines.append(f"| {v} | `{' '.join(VARIANTS[v])}` | {len(gains)} | {statistics.fmean(gains):+.4f} | {sd} |")
+    machines = sorted({f"{p['machine']} ({p['commit']})" for p in fresh})
+    return "\n".join([*lines, "", "Machines (commit): " + "; ".join(machines)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "tgs"))
+    ap.add_argument("--minutes", type=float, default=25.0)
+    ap.add_argument("--folds", default="0-4")
+    ap.add_argument("--variants", default="ignore-c1,band")
+    ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--max-parts", type=int, default=None)
+    ap.add_argument("--docs", action="store_true")
+    ap.add_argument("--part", default=None, help=argparse.SUPPRESS)  # internal: VARIANT:FOLD in a child process
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    data, results = Path(args.data).resolve(), Path(args.results).resolve()
+    if not (data / "train.csv").exists():
+        sys.exit(f"--data {data}: no train.csv (expected the Kaggle TGS layout)")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"--variants: unknown {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+    from salt_exp.cv import parse_folds
+    from salt_exp.errors import SaltError
+
+    try:
+        folds = parse_folds(args.folds, 5)
+        if args.part:
+            variant, fold = args.part.split(":")
+            run_part(data, variant, int(fold), args.minutes, results)
+            return 0
+        recipe = bq.recipe_of("cpu", "", data, args.minutes)
+    except SaltError as exc:
+        sys.exit(f"bench_pseudo: {exc}")
+    done = {(p["variant"], p["fold"]) for p in load_parts(results)
+            if p["minutes"] == args.minutes and p["recipe"] == recipe and p["overrides"] == VARIANTS[p["variant"]]}
+    todo = [(v, f) for f in folds for v in variants if (v, f) not in done][: args.max_parts]
+    if not args.report_only:
+        for variant, fold in todo:
+            print(f"[bench-pseudo] {variant} fold {fold} ...", flush=True)
+            cmd = [sys.executable, __file__, "--part", f"{variant}:{fold}", "--data", str(data), "--minutes",
+                   str(args.minutes), "--results", str(results), "--variants", args.variants]
+            rc = subprocess.call(cmd, cwd=REPO)
+            if rc:
+                print(f"[bench-pseudo] {variant} fold {fold} failed (exit {rc}); rerun the command to continue",
+                      flush=True)
+                return rc
+    text = report(load_parts(results), variants, args.minutes, recipe, folds)
+    print(text)
+    if args.docs:
+        bq.write_docs_block(BEGIN, END, "Pseudo-labelling rounds on real data (bench_pseudo.py)", text,
+                            "make bench-pseudo DATA=../shared/tgs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
