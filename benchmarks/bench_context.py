@@ -13,7 +13,9 @@ mosaic rules the harness picks on OOF, the test tiles as the rules' neighbours).
 - ``image``: ``context.mode=image``: the padding holds the neighbouring tiles' pixels where mosaics.csv places
   one, plus a validity plane (its first-conv weights start at zero: the model starts as plain). Variants (not in
   the default ``--pipelines``): ``image-random`` (the plane's weights drawn at random, as the first context runs
-  did) and ``image-novalid`` (no validity plane). Same canvas size, so the same compute per step: a fixed number
+  did), ``image-novalid`` (no validity plane) and ``image-drop`` (``context.dropout=0.5``: half the training
+  samples come padded alone, so the model keeps working without neighbours). Same canvas size, so the same
+  compute per step: a fixed number
   of epochs is the same budget in steps and (within the measurement noise of this machine) in wall time, and a
   contended machine cannot change the comparison, only its duration.
 
@@ -46,9 +48,11 @@ BEGIN, END = "<!-- context:begin -->", "<!-- context:end -->"
 PIPELINES = {"plain": [], "image": ["context.mode=image"],
              # variants of the context model: the validity plane's weights drawn at random (the first runs), no plane
              "image-random": ["context.mode=image", "context.validity_init=random"],
-             "image-novalid": ["context.mode=image", "context.validity=false"]}
+             "image-novalid": ["context.mode=image", "context.validity=false"],
+             # half the training samples without their neighbours: the model keeps the plain input's skill
+             "image-drop": ["context.mode=image", "context.dropout=0.5"]}
 LABELS = {"plain": "plain", "image": "context", "image-random": "context, plane drawn at random",
-          "image-novalid": "context, no validity plane"}
+          "image-novalid": "context, no validity plane", "image-drop": "context, dropout 0.5"}
 TYPES = ("empty", "vertical", "cap", "other")
 
 

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from salt_exp.cli import main
 from salt_exp.config import AugmentConfig, config_hash, load_config
-from salt_exp.data.context import ContextPool, TileContext, hflip_canvas
+from salt_exp.data.context import ContextPool, TileContext, hflip_canvas, padded_alone
 from salt_exp.data.dataset import TileDataset
 from salt_exp.data.kaggle import load_kaggle
 from salt_exp.data.padding import TileAdapter
@@ -116,6 +116,46 @@ def test_the_dataset_gives_canvases_with_a_validity_plane_and_the_tile_mask():
     assert TileDataset(canvases, masks, None, "raw", validity=validity, validity_plane=False)[0]["image"].shape[0] == 1
 
 
+def test_context_dropout_gives_some_samples_the_plain_input_and_leaves_the_other_draws():
+    """context.dropout: a dropped training sample is the tile padded alone (what the plain model reads, and what a
+    tile outside every mosaic gets) with validity on the tile only; the flips are the same with or without it."""
+    values = {(x, y): 10 + 20 * (3 * y + x) for y in range(3) for x in range(3)}
+    ids, images, frame = _grid(values)
+    images[:, :, :50] += 5  # not constant across columns: a flip shows
+    pool = ContextPool(ids, images, frame)
+    canvas, valid = pool.canvases(ids, images, size=128, pad_mode="replicate")
+    plain, alone = padded_alone(images, 128, "replicate")
+    tile = torch.from_numpy(images[4].astype(np.float32))[None, None]
+    assert (plain[4] == TileAdapter("replicate", 128).pad(tile)[0, 0].numpy()).all()  # the plain model's input
+    assert valid[4].all() and alone[4].sum() == 101 * 101 and not (canvas[4] == plain[4]).all()
+    masks = np.zeros((9, 101, 101), np.uint8)
+    masks[:, :, :30] = 1
+    aug = AugmentConfig(hflip=0.5, invert=0.0, gamma=0.0, cutout=0.0, crop=0.0)
+
+    def items(dropout: float) -> list[dict]:
+        transform = build_train_transform(aug, seed=5, canvas=128, context_dropout=dropout)
+        ds = TileDataset(canvas, masks, None, "raw", transform=transform, validity=valid, plain=plain)
+        return [ds[i % 9] for i in range(120)]
+
+    never, half, always = items(0.0), items(0.5), items(1.0)
+    is_plain = []
+    for n, h, a in zip(never, half, always, strict=True):
+        assert torch.equal(n["mask"], h["mask"]) and torch.equal(n["mask"], a["mask"])  # the same flips
+        flipped = not torch.equal(n["mask"][0, :, :30], torch.ones(101, 30))
+        i = h["index"]
+        expect_plain = hflip_canvas(plain[i]) if flipped else plain[i]
+        expect_alone = hflip_canvas(alone[i], valid_plane=True) if flipped else alone[i]
+        assert (a["image"][0].mul(255).round().numpy() == expect_plain).all()
+        assert (a["image"][1].numpy() == expect_alone).all()
+        is_plain.append(torch.equal(h["image"], a["image"]))
+        assert is_plain[-1] or torch.equal(h["image"], n["image"])
+    assert 40 < sum(is_plain) < 80  # about half
+    base = CONFIGS / "tiny.yaml"
+    on = load_config(base, ["context.mode=image"])
+    assert config_hash(on) == config_hash(load_config(base, ["context.mode=image", "context.dropout=0.0"]))
+    assert config_hash(on) != config_hash(load_config(base, ["context.mode=image", "context.dropout=0.3"]))
+
+
 def test_a_context_model_starts_as_the_plain_model():
     """validity_init zero (the default): the plane's first-conv weights are zero and every other weight is the plain
     model's from the same seed, so the first predictions ignore the plane; random draws a wider first conv."""
@@ -179,7 +219,8 @@ def test_a_context_model_trains_ensembles_and_predicts_with_its_neighbours(synth
     whole path reads canvases; a served prediction with neighbours differs from one without."""
     args = ["cv", str(CONFIGS / "tiny.yaml"), "--study", "ctx", "--folds", "0", "--set", f"data.root={synth_dir}",
             "--set", "context.mode=image", "--set", "data.folds_scheme=mosaic", "--set", "data.n_folds=3", "--set", "train.max_train_batches=3",
-            "--set", "schedule.cycle_epochs=1", "--set", "lr_find.steps=6", "--set", "augment.crop=0.5"]
+            "--set", "schedule.cycle_epochs=1", "--set", "lr_find.steps=6", "--set", "augment.crop=0.5",
+            "--set", "context.dropout=0.3"]
     assert main(args) == 0
     c = MlflowClient(mlflow_store)
     fold_run = c.search_runs([c.get_experiment_by_name("salt/ctx").experiment_id], "tags.`salt.role` = 'fold'")[0]

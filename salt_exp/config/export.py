@@ -93,6 +93,9 @@ _HASH_OMIT = (
     ("schedule", "budget_minutes", lambda sec: sec["budget_minutes"] is None),
     ("loss", "late_terms", lambda sec: not sec["late_terms"]),
     ("loss", "late_from_cycle", lambda sec: not sec.get("late_terms")),
+    ("pseudo", "ignore_band", lambda sec: not sec["ignore_band"]),
+    ("pseudo", "cycles", lambda sec: sec["cycles"] is None),
+    ("context", "dropout", lambda sec: not sec["dropout"]),
 )
 # Sections added later, left out of the hash while they change nothing: (section, when-inert test). Without
 # pseudo-labels the pseudo section's confidence rules are unused; with them, the labels URI names one label set.

@@ -185,12 +185,15 @@ class ContextConfig:
     as absent, so no fold sees another's pixels. ``validity_init``: ``zero`` (default) gives the validity plane's
     first-convolution weights a zero start and draws every other weight as the plain model does (same seed, same
     weights), so a context model starts as the plain model and learns what the plane adds; ``random`` draws a
-    wider first convolution (the first context runs, kept to reproduce them).
+    wider first convolution (the first context runs, kept to reproduce them). ``dropout``: the probability that a
+    training sample is given without its neighbours (the plain padded tile, validity on the tile only), so that the
+    model keeps working where the mosaic has none (tiles outside mosaics, test tiles served alone).
     """
 
     mode: ContextMode = "none"
     validity: bool = True
     validity_init: ValidityInit = "zero"
+    dropout: float = _prob(0.0)
 
 
 SyncMode = Literal["auto", "always", "never"]  # not on/off: YAML 1.1 reads those as booleans

@@ -79,13 +79,9 @@ class ContextPool:
             raise SaltError(f"context canvas size must be between {TILE} and {MAX_CANVAS} (padding.size), got {size}")
         before, _ = pad_offsets(size)
         exclude = set(map(str, exclude))
-        padded = TileAdapter(pad_mode, size).pad(torch.from_numpy(images.astype(np.float32))[:, None])[:, 0].numpy()
-        canvas = np.clip(np.rint(padded), 0, 255).astype(np.uint8)
-        valid = np.zeros(canvas.shape, dtype=np.uint8)
-        valid[:, before:before + TILE, before:before + TILE] = 1
+        canvas, valid = padded_alone(images, size, pad_mode)
         lo = TILE - before  # the canvas window inside the 3 x 3 block of tiles
         for i, tid in enumerate(ids):
-            canvas[i, before:before + TILE, before:before + TILE] = images[i]  # exact, whatever the padding did
             for (dy, dx), other in self.neighbours(str(tid), exclude).items():
                 # the neighbour's block in 3 x 3 coordinates, intersected with the window [lo, lo + size)
                 r0, c0 = (dy + 1) * TILE, (dx + 1) * TILE
@@ -102,6 +98,18 @@ class ContextPool:
         """How many of ``ids`` have at least one neighbour in a canvas (for the run's params and log line)."""
         exclude = set(map(str, exclude))
         return sum(bool(self.neighbours(str(t), exclude)) for t in ids)
+
+
+def padded_alone(images: np.ndarray, size: int, pad_mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N, size, size) uint8 canvases of (N, 101, 101) uint8 tiles padded as the plain model pads them (no
+    neighbour), the tile's own pixels exact, and their validity planes (1 on the tile only)."""
+    before, _ = pad_offsets(size)
+    padded = TileAdapter(pad_mode, size).pad(torch.from_numpy(np.asarray(images, np.float32))[:, None])[:, 0].numpy()
+    canvas = np.clip(np.rint(padded), 0, 255).astype(np.uint8)
+    canvas[:, before:before + TILE, before:before + TILE] = images  # exact, whatever the padding did
+    valid = np.zeros(canvas.shape, dtype=np.uint8)
+    valid[:, before:before + TILE, before:before + TILE] = 1
+    return canvas, valid
 
 
 def hflip_canvas(x: np.ndarray | torch.Tensor, *, valid_plane: bool = False):

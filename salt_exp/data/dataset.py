@@ -62,7 +62,8 @@ class TileDataset(Dataset):
     (N, S, S) uint8 planes, ``masks`` still (N, 101, 101); the transform (a ``CanvasTransform``) then moves the
     canvas and a packed label plane (the label in the middle + 2 x validity + 4 x the ignore bit) together, the
     item's mask is the middle 101 x 101 again and its image gets the validity as one more plane when
-    ``validity_plane``.
+    ``validity_plane``. ``plain``: the same tiles padded alone (N, S, S), given instead of a canvas when the
+    transform's ``drop()`` says so (``context.dropout``).
     """
 
     def __init__(
@@ -75,12 +76,15 @@ class TileDataset(Dataset):
         transform: PairFn | None = None,
         validity: np.ndarray | None = None,
         validity_plane: bool = True,
+        plain: np.ndarray | None = None,
     ) -> None:
         num_channels(channels)
         if images.ndim != 3 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
         if validity is not None and (validity.shape != images.shape or validity.dtype != np.uint8):
             raise ValueError(f"validity must be uint8 {images.shape}, got {validity.dtype} {validity.shape}")
+        if plain is not None and (validity is None or plain.shape != images.shape or plain.dtype != np.uint8):
+            raise ValueError(f"plain canvases must be uint8 {images.shape} beside canvases and their validity")
         tile_shape = (len(images), TILE, TILE) if validity is not None else images.shape
         if masks is not None:
             if masks.shape != tile_shape or masks.dtype != np.uint8:
@@ -93,7 +97,7 @@ class TileDataset(Dataset):
         if depths is not None and np.shape(depths) != (len(images),):
             raise ValueError(f"depths must have shape ({len(images)},), got {np.shape(depths)}")
         self.images, self.masks, self.channels, self.transform = images, masks, channels, transform
-        self.validity, self.validity_plane = validity, validity_plane
+        self.validity, self.validity_plane, self.plain = validity, validity_plane, plain
         self.depths = None if depths is None else np.asarray(depths, dtype=np.float64)
 
     def __len__(self) -> int:
@@ -114,9 +118,13 @@ class TileDataset(Dataset):
         return item
 
     def _canvas_item(self, index: int) -> dict[str, Any]:
-        canvas, size = self.images[index], self.images.shape[-1]
+        canvas, validity, size = self.images[index], self.validity[index], self.images.shape[-1]
         b = (size - TILE) // 2
-        packed = self.validity[index] * np.uint8(2)
+        drop = getattr(self.transform, "drop", None)
+        if self.plain is not None and drop is not None and drop():  # context dropout: the tile padded alone
+            canvas, validity = self.plain[index], np.zeros_like(validity)
+            validity[b:b + TILE, b:b + TILE] = 1
+        packed = validity * np.uint8(2)
         if self.masks is not None:  # the label in bit 0, validity in bit 1, the ignore bit in bit 2
             mask = self.masks[index]
             packed[b:b + TILE, b:b + TILE] |= (mask & 1) | ((mask & IGNORE) << 1)

@@ -109,16 +109,17 @@ def _augmentations(cfg: AugmentConfig, tile_size: int) -> list[A.BasicTransform]
 
 
 def build_train_transform(augment_cfg: AugmentConfig, seed: int, *, tile_size: int = 101,
-                          canvas: int | None = None) -> PairTransform | CanvasTransform:
+                          canvas: int | None = None, context_dropout: float = 0.0) -> PairTransform | CanvasTransform:
     """Seeded training augmentation for ``tile_size`` x ``tile_size`` uint8 tiles and 0/1 masks; with ``canvas``
-    (context canvases of that size, :mod:`salt_exp.data.context`) a :class:`CanvasTransform` instead.
+    (context canvases of that size, :mod:`salt_exp.data.context`) a :class:`CanvasTransform` instead, which also
+    draws whether a sample goes without its neighbours (``context_dropout``).
 
     The same ``seed`` and the same sequence of calls give the same outputs.
     """
     if augment_cfg.crop > 0.0 and augment_cfg.crop_size > tile_size:
         raise ValueError(f"crop_size {augment_cfg.crop_size} exceeds the tile size {tile_size}")
     if canvas is not None:
-        return CanvasTransform(augment_cfg, seed, canvas)
+        return CanvasTransform(augment_cfg, seed, canvas, dropout=context_dropout)
     return PairTransform(A.Compose(_augmentations(augment_cfg, tile_size), p=1.0), seed)
 
 
@@ -132,18 +133,25 @@ class CanvasTransform:
     (its labels are known; the neighbours' are not), with the same freedom of position a tile's crop has. The
     h-flip turns the canvas about the tile's centre column (:func:`salt_exp.data.context.hflip_canvas`).
     Shift-scale-rotate is refused by the config check (it would move unlabelled pixels into the tile).
+    ``dropout``: :meth:`drop` says, with that probability, that the dataset gives this sample without its neighbours
+    (``context.dropout``; drawn from a stream of its own, so the other draws are the same with or without it).
     """
 
-    def __init__(self, cfg: AugmentConfig, seed: int, size: int) -> None:
+    def __init__(self, cfg: AugmentConfig, seed: int, size: int, *, dropout: float = 0.0) -> None:
         pixel = [t for t in _augmentations(replace(cfg, crop=0.0, hflip=0.0, shift_scale_rotate=0.0), TILE)]
         self._pixel = A.Compose(pixel, p=1.0)
-        self.cfg, self.size = cfg, size
+        self.cfg, self.size, self.dropout = cfg, size, dropout
         self.before = (size - TILE) // 2
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
         self._pixel.set_random_state(np.random.default_rng(seed), random.Random(seed))
         self._rng = np.random.default_rng([seed, 1])  # the geometric draws: a stream of their own
+        self._drop_rng = np.random.default_rng([seed, 2])  # context dropout: another
+
+    def drop(self) -> bool:
+        """Whether the next sample goes without its neighbours (never drawn at ``dropout`` 0)."""
+        return self.dropout > 0.0 and bool(self._drop_rng.random() < self.dropout)
 
     @property
     def transforms(self) -> list[A.BasicTransform]:

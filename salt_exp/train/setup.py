@@ -36,11 +36,13 @@ class PseudoTiles:
 
 @dataclass(frozen=True, kw_only=True)
 class Canvases:
-    """Context canvases (N, S, S) uint8 and their validity planes, and how many of the N tiles have a neighbour."""
+    """Context canvases (N, S, S) uint8 and their validity planes, and how many of the N tiles have a neighbour;
+    ``plain``: the tiles padded alone (N, S, S), for training samples given without neighbours (context.dropout)."""
 
     images: np.ndarray
     validity: np.ndarray
     linked: int
+    plain: np.ndarray | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,18 +100,20 @@ def fold_context(cfg: ExperimentConfig, data: KaggleData, train_idx: np.ndarray,
                  pseudo: PseudoTiles | None) -> FoldContext:
     """The fold's context canvases: every train and test tile of ``data`` may be a neighbour, except across the
     fold split."""
-    from salt_exp.data.context import ContextPool
+    from salt_exp.data.context import ContextPool, padded_alone
 
     pool, t = ContextPool.from_data(data), data.train
     train_ids, val_ids = t.ids[train_idx].tolist(), t.ids[val_idx].tolist()
+    size, pad_mode = cfg.padding.size, cfg.padding.mode
 
-    def make(ids: list[str], images: np.ndarray, exclude: list[str]) -> Canvases:
-        canvas, valid = pool.canvases(ids, images, size=cfg.padding.size, pad_mode=cfg.padding.mode, exclude=exclude)
-        return Canvases(images=canvas, validity=valid, linked=pool.linked(ids, exclude))
+    def make(ids: list[str], images: np.ndarray, exclude: list[str], trained: bool = False) -> Canvases:
+        canvas, valid = pool.canvases(ids, images, size=size, pad_mode=pad_mode, exclude=exclude)
+        plain = padded_alone(images, size, pad_mode)[0] if trained and cfg.context.dropout > 0 else None
+        return Canvases(images=canvas, validity=valid, linked=pool.linked(ids, exclude), plain=plain)
 
-    return FoldContext(train=make(train_ids, t.images[train_idx], val_ids),
+    return FoldContext(train=make(train_ids, t.images[train_idx], val_ids, trained=True),
                        val=make(val_ids, t.images[val_idx], train_ids),
-                       pseudo=None if pseudo is None else make(pseudo.ids.tolist(), pseudo.images, val_ids),
+                       pseudo=None if pseudo is None else make(pseudo.ids.tolist(), pseudo.images, val_ids, trained=True),
                        validity_plane=cfg.context.validity)
 
 
@@ -184,7 +188,8 @@ def _subset(fd: FoldData, idx: np.ndarray, channels: str, transform=None, canvas
     t = fd.data.train
     if canvases is not None:
         return TileDataset(canvases.images, t.masks[idx], t.depths[idx], channels, transform=transform,
-                           validity=canvases.validity, validity_plane=fd.context.validity_plane)
+                           validity=canvases.validity, validity_plane=fd.context.validity_plane,
+                           plain=canvases.plain if transform is not None else None)
     return TileDataset(t.images[idx], t.masks[idx], t.depths[idx], channels, transform=transform)
 
 
@@ -195,9 +200,10 @@ def _with_pseudo(fd: FoldData, p: PseudoTiles, channels: str, transform) -> Tile
     masks = np.concatenate([t.masks[fd.train_idx], p.masks])
     depths = np.concatenate([t.depths[fd.train_idx], p.depths]).astype(np.float32)
     if c is not None:
+        plain = None if c.train.plain is None else np.concatenate([c.train.plain, c.pseudo.plain])
         return TileDataset(np.concatenate([c.train.images, c.pseudo.images]), masks, depths, channels,
                            transform=transform, validity=np.concatenate([c.train.validity, c.pseudo.validity]),
-                           validity_plane=c.validity_plane)
+                           validity_plane=c.validity_plane, plain=plain)
     return TileDataset(np.concatenate([t.images[fd.train_idx], p.images]), masks, depths, channels,
                        transform=transform)
 
@@ -221,7 +227,8 @@ def train_loader(cfg: ExperimentConfig, fd: FoldData, epoch: int, *, batches: in
     as many batches as without them."""
     seed = cfg.seed * 100_003 + epoch
     c = fd.context
-    transform = build_train_transform(cfg.augment, seed, canvas=None if c is None else cfg.padding.size)
+    transform = build_train_transform(cfg.augment, seed, canvas=None if c is None else cfg.padding.size,
+                                      context_dropout=cfg.context.dropout)
     p = fd.pseudo
     if pseudo and p is not None and len(p.ids) and cfg.pseudo.share > 0:
         ds = _with_pseudo(fd, p, cfg.data.channels, transform)
