@@ -20,10 +20,8 @@ aggregates the folds: each step's tile-weighted OOF score, its mean gain and the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,21 +37,11 @@ PIPELINE = "cpu"
 
 
 def load_parts(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))["parts"]
-    except (ValueError, KeyError, TypeError) as exc:
-        sys.exit(f"{path}: not a bench_ensemble results file ({exc}); move it away or fix it")
+    return bq.read_parts(path, "bench_ensemble")
 
 
 def save_part(path: Path, part: dict) -> None:
-    key = (part["fold"], part["minutes"], part["recipe"])
-    parts = [p for p in load_parts(path) if (p["fold"], p["minutes"], p["recipe"]) != key] + [part]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"parts": parts}, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    bq.write_part(path, part, lambda p: (p["fold"], p["minutes"], p["recipe"]), "bench_ensemble")
 
 
 def trained_folds(study: str, config_hash: str) -> set[int]:
@@ -188,14 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     done = {p["fold"] for p in load_parts(results) if p["minutes"] == args.minutes and p["recipe"] == recipe}
     todo = [f for f in folds if f not in done][: args.max_parts]
     if not args.report_only:
-        for fold in todo:
-            print(f"[bench-ensemble] fold {fold} ...", flush=True)
-            cmd = [sys.executable, __file__, "--part", str(fold), "--data", str(data), "--minutes", str(args.minutes),
-                   "--study", args.study, "--results", str(results), "--quality-results", args.quality_results]
-            rc = subprocess.call(cmd, cwd=REPO)
-            if rc:
-                print(f"[bench-ensemble] fold {fold} failed (exit {rc}); rerun the command to continue", flush=True)
-                return rc
+        rc = bq.run_children("bench-ensemble", __file__, [
+            (f"fold {fold}", ["--part", str(fold), "--data", str(data), "--minutes", str(args.minutes), "--study",
+                              args.study, "--results", str(results), "--quality-results", args.quality_results])
+            for fold in todo])
+        if rc:
+            return rc
     text = report(load_parts(results), args.minutes, recipe, folds)
     print(text)
     if args.docs:

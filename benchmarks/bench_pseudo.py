@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,12 +52,7 @@ VARIANTS = {
 
 
 def load_parts(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))["parts"]
-    except (ValueError, KeyError, TypeError) as exc:
-        sys.exit(f"{path}: not a bench_pseudo results file ({exc}); move it away or fix it")
+    return bq.read_parts(path, "bench_pseudo")
 
 
 def key_of(part: dict) -> tuple:
@@ -66,11 +60,7 @@ def key_of(part: dict) -> tuple:
 
 
 def save_part(path: Path, part: dict) -> None:
-    parts = [p for p in load_parts(path) if key_of(p) != key_of(part)] + [part]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"parts": parts}, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    bq.write_part(path, part, key_of, "bench_pseudo")
 
 
 def _steps(result, fold: int) -> list[dict]:
@@ -206,15 +196,11 @@ def main(argv: list[str] | None = None) -> int:
             if p["minutes"] == args.minutes and p["recipe"] == recipe and p["overrides"] == VARIANTS[p["variant"]]}
     todo = [(v, f) for f in folds for v in variants if (v, f) not in done][: args.max_parts]
     if not args.report_only:
-        for variant, fold in todo:
-            print(f"[bench-pseudo] {variant} fold {fold} ...", flush=True)
-            cmd = [sys.executable, __file__, "--part", f"{variant}:{fold}", "--data", str(data), "--minutes",
-                   str(args.minutes), "--results", str(results), "--variants", args.variants]
-            rc = subprocess.call(cmd, cwd=REPO)
-            if rc:
-                print(f"[bench-pseudo] {variant} fold {fold} failed (exit {rc}); rerun the command to continue",
-                      flush=True)
-                return rc
+        rc = bq.run_children("bench-pseudo", __file__, [
+            (f"{variant} fold {fold}", ["--part", f"{variant}:{fold}", "--data", str(data), "--minutes", str(args.minutes),
+                                        "--results", str(results), "--variants", args.variants]) for variant, fold in todo])
+        if rc:
+            return rc
     text = report(load_parts(results), variants, args.minutes, recipe, folds)
     print(text)
     if args.docs:

@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -56,22 +57,45 @@ PLAN_FILL = 0.97
 # ---------------------------------------------------------------- results file
 
 
-def load_results(path: Path) -> list[dict]:
+def read_parts(path: Path, kind: str = "bench_quality") -> list[dict]:
+    """The parts of a benchmark's results file (``{"parts": [...]}``), [] when there is none yet; exits in one line
+    naming the file when it is not one. Every benchmark's results file is read this way."""
     if not path.exists():
         return []
     try:
         parts = json.loads(path.read_text(encoding="utf-8"))["parts"]
     except (ValueError, KeyError, TypeError) as exc:
-        sys.exit(f"{path}: not a bench_quality results file ({exc}); move it away or fix it")
+        sys.exit(f"{path}: not a {kind} results file ({exc}); move it away or fix it")
     return parts
 
 
-def save_part(path: Path, part: dict) -> None:
-    parts = [p for p in load_results(path) if key_of(p) != key_of(part)] + [part]
+def write_part(path: Path, part: dict, key: Callable[[dict], tuple], kind: str = "bench_quality") -> None:
+    """Add ``part`` to the results file in place of the part with the same ``key``: a temp file, then a rename."""
+    parts = [p for p in read_parts(path, kind) if key(p) != key(part)] + [part]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"parts": parts}, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def run_children(tag: str, script: str, todo: list[tuple[str, list[str]]]) -> int:
+    """Each part of ``todo`` ((what, its arguments)) as a child ``python script ...`` run, one after another (a
+    part gets a fresh process and the whole machine); the first failure stops with its exit code."""
+    for what, args in todo:
+        print(f"[{tag}] {what} ...", flush=True)
+        rc = subprocess.call([sys.executable, script, *args], cwd=REPO)
+        if rc:
+            print(f"[{tag}] {what} failed (exit {rc}); rerun the command to continue", flush=True)
+            return rc
+    return 0
+
+
+def load_results(path: Path) -> list[dict]:
+    return read_parts(path)
+
+
+def save_part(path: Path, part: dict) -> None:
+    write_part(path, part, key_of)
 
 
 def key_of(part: dict) -> tuple:
@@ -403,15 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_parts is not None:
         todo = todo[:args.max_parts]
     if not args.report_only:
-        for name, fold in todo:
-            print(f"[bench-quality] {name} fold {fold}: {args.minutes:g} min ...", flush=True)
-            cmd = [sys.executable, __file__, "--part", f"{name}:{fold}", "--data", str(data), "--minutes",
-                   str(args.minutes), "--results", str(results), "--pipelines", args.pipelines]
-            rc = subprocess.call(cmd, cwd=REPO)
-            if rc:
-                print(f"[bench-quality] {name} fold {fold} failed (exit {rc}); rerun the command to continue",
-                      flush=True)
-                return rc
+        rc = run_children("bench-quality", __file__, [
+            (f"{name} fold {fold}: {args.minutes:g} min", ["--part", f"{name}:{fold}", "--data", str(data), "--minutes",
+             str(args.minutes), "--results", str(results), "--pipelines", args.pipelines]) for name, fold in todo])
+        if rc:
+            return rc
     text = report(load_results(results), pipelines, current, args.minutes, folds)
     print(text)
     if args.docs:
