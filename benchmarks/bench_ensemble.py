@@ -20,7 +20,6 @@ aggregates the folds: each step's tile-weighted OOF score, its mean gain and the
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -144,24 +143,12 @@ def write_docs(text: str, command: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "tgs"))
-    ap.add_argument("--minutes", type=float, default=25.0)
-    ap.add_argument("--folds", default="0-4")
+    ap = bq.part_parser(__doc__, RESULTS)
     ap.add_argument("--study", default="bq-cpu", help="the study of the fold runs (bench_quality's cpu study)")
-    ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--quality-results", default=str(bq.RESULTS))
-    ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--max-parts", type=int, default=None)
-    ap.add_argument("--docs", action="store_true")
     ap.add_argument("--part", type=int, default=None, help=argparse.SUPPRESS)  # internal: one fold in a child process
     args = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    data, results = Path(args.data).resolve(), Path(args.results).resolve()
-    if not (data / "train.csv").exists():
-        sys.exit(f"--data {data}: no train.csv (expected the Kaggle TGS layout)")
+    data, results = bq.data_and_results(args)
     from salt_exp.cv import parse_folds
     from salt_exp.errors import SaltError
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -159,23 +158,11 @@ def report(parts: list[dict], variants: list[str], minutes: float, recipe: str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "tgs"))
-    ap.add_argument("--minutes", type=float, default=25.0)
-    ap.add_argument("--folds", default="0-4")
+    ap = bq.part_parser(__doc__, RESULTS)
     ap.add_argument("--variants", default="ignore-c1,band")
-    ap.add_argument("--results", default=str(RESULTS))
-    ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--max-parts", type=int, default=None)
-    ap.add_argument("--docs", action="store_true")
     ap.add_argument("--part", default=None, help=argparse.SUPPRESS)  # internal: VARIANT:FOLD in a child process
     args = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    data, results = Path(args.data).resolve(), Path(args.results).resolve()
-    if not (data / "train.csv").exists():
-        sys.exit(f"--data {data}: no train.csv (expected the Kaggle TGS layout)")
+    data, results = bq.data_and_results(args)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

@@ -90,6 +90,30 @@ def run_children(tag: str, script: str, todo: list[tuple[str, list[str]]]) -> in
     return 0
 
 
+def part_parser(doc: str, results: Path) -> argparse.ArgumentParser:
+    """The options every part-wise real-data benchmark takes (each adds its own, and the internal ``--part``)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "tgs"))
+    ap.add_argument("--minutes", type=float, default=25.0)
+    ap.add_argument("--folds", default="0-4")
+    ap.add_argument("--results", default=str(results))
+    ap.add_argument("--report-only", action="store_true", help="train nothing: report the results file")
+    ap.add_argument("--max-parts", type=int, default=None, help="train at most this many missing parts, then report")
+    ap.add_argument("--docs", action="store_true", help="write the report into docs/BENCHMARKS.md")
+    return ap
+
+
+def data_and_results(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(data, results) paths of parsed ``part_parser`` options, the offline environment set; exits in one line
+    when ``--data`` is not a Kaggle-layout folder."""
+    for key, value in (("HF_HUB_OFFLINE", "1"), ("NO_ALBUMENTATIONS_UPDATE", "1"), ("MPLBACKEND", "Agg")):
+        os.environ.setdefault(key, value)
+    data, results = Path(args.data).resolve(), Path(args.results).resolve()
+    if not (data / "train.csv").exists():
+        sys.exit(f"--data {data}: no train.csv (expected the Kaggle TGS layout)")
+    return data, results
+
+
 def load_results(path: Path) -> list[dict]:
     return read_parts(path)
 
@@ -390,22 +414,11 @@ def parse_pipelines(text: str) -> list[tuple[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "tgs"))
-    ap.add_argument("--minutes", type=float, default=25.0)
-    ap.add_argument("--folds", default="0-4")
+    ap = part_parser(__doc__, RESULTS)
     ap.add_argument("--pipelines", default="smp,reference,cpu")
-    ap.add_argument("--results", default=str(RESULTS))
-    ap.add_argument("--report-only", action="store_true", help="train nothing: report the results file")
-    ap.add_argument("--max-parts", type=int, default=None, help="train at most this many missing parts, then report")
-    ap.add_argument("--docs", action="store_true", help="write the report into docs/BENCHMARKS.md")
     ap.add_argument("--part", default=None, help=argparse.SUPPRESS)  # internal: NAME:FOLD in a child process
     args = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    data, results = Path(args.data).resolve(), Path(args.results).resolve()
-    if not (data / "train.csv").exists():
-        sys.exit(f"--data {data}: no train.csv (expected the Kaggle TGS layout)")
+    data, results = data_and_results(args)
     pipelines = parse_pipelines(args.pipelines)
     specs = dict(pipelines)
     from salt_exp.cv import parse_folds
