@@ -325,6 +325,9 @@ def test_a_round_logs_its_labels_and_lineage_and_trains_on_them(pseudo_round, sy
         index = np.concatenate([b["index"].numpy() for b in train_loader(full, fd, epoch)])
         drawn, pseudo_drawn = drawn + len(index), pseudo_drawn + int((index >= n_train).sum())
     assert len(train_loader(full, fd, 0)) == n_train // cfg.optim.batch_size  # the epoch keeps its batches
+    # an epoch past pseudo.cycles: the training tiles alone, the same number of batches
+    alone = np.concatenate([b["index"].numpy() for b in train_loader(full, fd, 0, pseudo=False)])
+    assert (alone < n_train).all() and len(train_loader(full, fd, 0, pseudo=False)) == n_train // cfg.optim.batch_size
     assert abs(pseudo_drawn / drawn - 0.5) < 0.1, (pseudo_drawn, drawn)
     plain = replace(full, augment=AugmentConfig(hflip=0, invert=0, gamma=0, cutout=0, crop=0))
     first = [(b["index"].numpy(), b["mask"].numpy()) for b in train_loader(plain, fd, 3)]
