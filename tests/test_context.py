@@ -128,6 +128,8 @@ def test_context_dropout_gives_some_samples_the_plain_input_and_leaves_the_other
     tile = torch.from_numpy(images[4].astype(np.float32))[None, None]
     assert (plain[4] == TileAdapter("replicate", 128).pad(tile)[0, 0].numpy()).all()  # the plain model's input
     assert valid[4].all() and alone[4].sum() == 101 * 101 and not (canvas[4] == plain[4]).all()
+    reused = pool.canvases(ids, images, size=128, pad_mode="replicate", alone=(plain, alone))  # no second padding
+    assert (reused[0] == canvas).all() and (reused[1] == valid).all() and not (plain == canvas).all()
     masks = np.zeros((9, 101, 101), np.uint8)
     masks[:, :, :30] = 1
     aug = AugmentConfig(hflip=0.5, invert=0.0, gamma=0.0, cutout=0.0, crop=0.0)

@@ -67,10 +67,12 @@ class ContextPool:
         return out
 
     def canvases(self, ids: Sequence[str], images: np.ndarray, *, size: int, pad_mode: str,
-                 exclude: Collection[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+                 exclude: Collection[str] = (),
+                 alone: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(N, size, size) uint8 canvases of ``images`` (N, 101, 101) uint8, tile ``ids[i]``'s neighbours in the
         padding, and their (N, size, size) uint8 validity planes. A tile the table does not place (or an id not in
-        the pool) is padded alone. ``exclude``: ids treated as absent (the other side of a fold split)."""
+        the pool) is padded alone. ``exclude``: ids treated as absent (the other side of a fold split). ``alone``:
+        :func:`padded_alone` of the same images, when the caller has it (copied, not padded again)."""
         images = np.asarray(images)
         if images.ndim != 3 or images.shape[1:] != (TILE, TILE) or len(ids) != len(images):
             raise SaltError(f"context canvases need (N, {TILE}, {TILE}) tiles and N ids, got {images.shape} and "
@@ -79,7 +81,7 @@ class ContextPool:
             raise SaltError(f"context canvas size must be between {TILE} and {MAX_CANVAS} (padding.size), got {size}")
         before, _ = pad_offsets(size)
         exclude = set(map(str, exclude))
-        canvas, valid = padded_alone(images, size, pad_mode)
+        canvas, valid = (alone[0].copy(), alone[1].copy()) if alone is not None else padded_alone(images, size, pad_mode)
         lo = TILE - before  # the canvas window inside the 3 x 3 block of tiles
         for i, tid in enumerate(ids):
             for (dy, dx), other in self.neighbours(str(tid), exclude).items():

@@ -107,9 +107,10 @@ def fold_context(cfg: ExperimentConfig, data: KaggleData, train_idx: np.ndarray,
     size, pad_mode = cfg.padding.size, cfg.padding.mode
 
     def make(ids: list[str], images: np.ndarray, exclude: list[str], trained: bool = False) -> Canvases:
-        canvas, valid = pool.canvases(ids, images, size=size, pad_mode=pad_mode, exclude=exclude)
-        plain = padded_alone(images, size, pad_mode)[0] if trained and cfg.context.dropout > 0 else None
-        return Canvases(images=canvas, validity=valid, linked=pool.linked(ids, exclude), plain=plain)
+        alone = padded_alone(images, size, pad_mode) if trained and cfg.context.dropout > 0 else None
+        canvas, valid = pool.canvases(ids, images, size=size, pad_mode=pad_mode, exclude=exclude, alone=alone)
+        return Canvases(images=canvas, validity=valid, linked=pool.linked(ids, exclude),
+                        plain=None if alone is None else alone[0])
 
     return FoldContext(train=make(train_ids, t.images[train_idx], val_ids, trained=True),
                        val=make(val_ids, t.images[val_idx], train_ids),
@@ -188,8 +189,7 @@ def _subset(fd: FoldData, idx: np.ndarray, channels: str, transform=None, canvas
     t = fd.data.train
     if canvases is not None:
         return TileDataset(canvases.images, t.masks[idx], t.depths[idx], channels, transform=transform,
-                           validity=canvases.validity, validity_plane=fd.context.validity_plane,
-                           plain=canvases.plain if transform is not None else None)
+                           validity=canvases.validity, validity_plane=fd.context.validity_plane, plain=canvases.plain)
     return TileDataset(t.images[idx], t.masks[idx], t.depths[idx], channels, transform=transform)
 
 
