@@ -68,6 +68,11 @@ def _steps(result, fold: int) -> list[dict]:
             for s in result.waterfall.steps]
 
 
+def _chain(steps: list[dict]) -> list[dict]:
+    """The measured steps of a waterfall's chain (comparison rows and unmeasured steps left out), first to final."""
+    return [s for s in steps if s["chained"] and s["score"] is not None]
+
+
 def _ensemble(study: str, fold: int):
     from salt_exp.ensemble.build import EnsembleSpec
     from salt_exp.ensemble.options import EnsembleOptions
@@ -116,21 +121,21 @@ def run_part(data: Path, variant: str, fold: int, minutes: float, results: Path)
     labels = outcome.labels[fold]
     ens = _ensemble(study, fold)
     steps = _steps(ens.result, fold)
-    final = [s for s in source_steps if s["chained"] and s["score"] is not None]
+    source, chain = _chain(source_steps), _chain(steps)
     compare = next((s for s in steps if s["step"] == "pseudo"), None)
     part = {"variant": variant, "fold": fold, "minutes": minutes, "overrides": overrides,
             "recipe": bq.recipe_of("cpu", "", data, minutes), "source": version,
-            "source_best_single": final[0]["score"], "source_final": final[-1]["score"],
-            "round_best_single": next(s["score"] for s in steps if s["chained"] and s["score"] is not None),
-            "round_final": [s for s in steps if s["chained"] and s["score"] is not None][-1]["score"],
+            "source_best_single": source[0]["score"], "source_final": source[-1]["score"],
+            "round_best_single": chain[0]["score"], "round_final": chain[-1]["score"],
             "gain": None if compare is None else compare["gain"],
             "kept_empty": labels.kept_empty, "kept_nonempty": labels.kept_nonempty,
             "ignored_pixels": labels.ignored_pixels, "round_study": study, "steps": steps,
             "source_steps": source_steps, "wall_s": round(time.perf_counter() - t0, 1), "machine": bq.machine(),
             "commit": bq.git_commit(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     save_part(results, part)
+    gain = "no comparison row" if part["gain"] is None else f"{part['gain']:+.4f}"
     print(f"[bench-pseudo] {variant} fold {fold}: source {part['source_final']:.4f}, round {part['round_final']:.4f} "
-          f"({part['gain']:+.4f}); kept {labels.kept_empty} empty + {labels.kept_nonempty} non-empty", flush=True)
+          f"({gain}); kept {labels.kept_empty} empty + {labels.kept_nonempty} non-empty", flush=True)
 
 
 def report(parts: list[dict], variants: list[str], minutes: float, recipe: str, folds: list[int]) -> str:
