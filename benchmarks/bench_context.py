@@ -14,7 +14,8 @@ mosaic rules the harness picks on OOF, the test tiles as the rules' neighbours).
   one, plus a validity plane (its first-conv weights start at zero: the model starts as plain). Variants (not in
   the default ``--pipelines``): ``image-random`` (the plane's weights drawn at random, as the first context runs
   did), ``image-novalid`` (no validity plane) and ``image-drop`` (``context.dropout=0.5``: half the training
-  samples come padded alone, so the model keeps working without neighbours). Same canvas size, so the same
+  samples come padded alone, so the model keeps working without neighbours);
+- ``plain-s2``: the plain model from seed 43 (folds unchanged: ``data.folds_seed``), the report's seed-noise row. Same canvas size, so the same
   compute per step: a fixed number
   of epochs is the same budget in steps and (within the measurement noise of this machine) in wall time, and a
   contended machine cannot change the comparison, only its duration.
@@ -46,12 +47,14 @@ import bench_quality as bq  # noqa: E402  (machine facts, docs path)
 RESULTS = REPO / "benchmarks" / "results" / "context.json"
 BEGIN, END = "<!-- context:begin -->", "<!-- context:end -->"
 PIPELINES = {"plain": [], "image": ["context.mode=image"],
+             # the plain model again from another seed: how far a reseeded fold run moves (the noise to beat)
+             "plain-s2": ["seed=43"],
              # variants of the context model: the validity plane's weights drawn at random (the first runs), no plane
              "image-random": ["context.mode=image", "context.validity_init=random"],
              "image-novalid": ["context.mode=image", "context.validity=false"],
              # half the training samples without their neighbours: the model keeps the plain input's skill
              "image-drop": ["context.mode=image", "context.dropout=0.5"]}
-LABELS = {"plain": "plain", "image": "context", "image-random": "context, plane drawn at random",
+LABELS = {"plain": "plain", "image": "context", "plain-s2": "plain, seed 43", "image-random": "context, plane drawn at random",
           "image-novalid": "context, no validity plane", "image-drop": "context, dropout 0.5"}
 TYPES = ("empty", "vertical", "cap", "other")
 
@@ -175,7 +178,11 @@ def report(parts: list[dict], data: Path, folds: list[int]) -> str:
     gain = [a - b for a, b in zip(base["context"], base["plain + rules"], strict=True)]
     gain_r = [a - b for a, b in zip(base["context + rules"], base["plain + rules"], strict=True)]
     lines += ["| context - (plain + rules) | " + " | ".join(f"{g:+.4f}" for g in gain) + " | |",
-              "| (context + rules) - (plain + rules) | " + " | ".join(f"{g:+.4f}" for g in gain_r) + " | |", "",
+              "| (context + rules) - (plain + rules) | " + " | ".join(f"{g:+.4f}" for g in gain_r) + " | |"]
+    if "plain, seed 43" in base:  # the seed noise: what the same pipeline moves when only its seed changes
+        noise = [a - b for a, b in zip(base["plain, seed 43"], base["plain"], strict=True)]
+        lines.append("| (plain, seed 43) - plain: seed noise | " + " | ".join(f"{g:+.4f}" for g in noise) + " | |")
+    lines += ["",
               "| pipeline | fold | best single @0.5 | ensemble | + rules | members | fold run + ensemble s | machine | commit |",
               "|---|---|---|---|---|---|---|---|---|"]
     for f in common:
