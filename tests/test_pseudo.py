@@ -55,6 +55,39 @@ def test_confidence_rules_keep_and_drop_the_expected_tiles():
     assert confidence_verdicts(probs[2:3], masks[2:3], replace(RULES, empty_max_prob=0.31)).tolist() == [EMPTY]
 
 
+def test_empty_share_caps_the_empty_tiles_keeping_the_most_certain():
+    probs = np.full((8, 101, 101), 0.02, np.float32)
+    for i, top in enumerate((0.15, 0.05, 0.12, 0.03, 0.09, 0.18)):  # six empty tiles, each with one highest pixel
+        probs[i, 7, 7] = top
+    probs[6:, :, :50] = 0.97  # two confident salt tiles
+    masks = (probs > 0.5).astype(np.uint8)
+    assert confidence_verdicts(probs, masks, RULES).tolist() == [EMPTY] * 6 + [NONEMPTY] * 2  # no cap by default
+    capped = confidence_verdicts(probs, masks, replace(RULES, empty_share=0.5))  # room for 2 empties beside 2 salt
+    assert capped.tolist() == [DROPPED, EMPTY, DROPPED, EMPTY, DROPPED, DROPPED, NONEMPTY, NONEMPTY]
+    three = confidence_verdicts(probs, masks, replace(RULES, empty_share=0.6))  # 0.6 / 0.4 * 2 = 3
+    assert np.flatnonzero(three == EMPTY).tolist() == [1, 3, 4]
+    assert (confidence_verdicts(probs, masks, replace(RULES, empty_share=0.0)) == EMPTY).sum() == 0
+    assert (confidence_verdicts(probs[:6], masks[:6], replace(RULES, empty_share=0.5)) == EMPTY).sum() == 0
+
+
+def test_the_labels_key_of_earlier_rounds_holds_while_later_keys_are_at_their_default():
+    """Rules added later (ignore_band, empty_share) leave a round's labels key as it was while off, so a rerun of
+    an earlier round finds its labels; set, they make another key."""
+    from types import SimpleNamespace
+
+    from salt_exp.pseudo.round import pseudo_key
+
+    source = SimpleNamespace(key="salt-s-ensemble/v1")
+    cfg = load_config(CONFIGS / "tiny.yaml")
+    d, p = cfg.data, cfg.pseudo
+    before = {"ensemble": source.key, "data": str(Path(d.root).resolve()), "folds": [d.folds_scheme, d.n_folds, d.folds_seed],
+              **{k: getattr(p, k) for k in ("empty_max_prob", "pixel_low", "pixel_high", "min_confident_pixels")}}
+    assert pseudo_key(source, cfg) == hashlib.sha1(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
+    keys = {pseudo_key(source, load_config(CONFIGS / "tiny.yaml", o))
+            for o in ([], ["pseudo.ignore_band=true"], ["pseudo.empty_share=0.4"], ["pseudo.empty_share=0.3"])}
+    assert len(keys) == 4
+
+
 def test_ignore_band_marks_the_uncertain_pixels_of_kept_salt_tiles_only(tmp_path):
     """``pseudo.ignore_band``: a kept non-empty tile's pixels inside the band are left out of the loss unless the
     mosaic rules set them; empty and dropped tiles ignore nothing; the labels file carries the map."""
@@ -152,8 +185,11 @@ def test_the_pseudo_config_section_is_checked_and_hashed_only_with_labels(tmp_pa
     with_labels = load_config(base, ["pseudo.labels=runs:/abc123/pseudo/labels.npz"])
     assert config_hash(with_labels) != config_hash(load_config(base))
     assert config_hash(with_labels) != config_hash(load_config(base, ["pseudo.labels=runs:/abc124/pseudo/labels.npz"]))
+    capped = load_config(base, ["pseudo.labels=runs:/abc123/pseudo/labels.npz", "pseudo.empty_share=0.4"])
+    assert config_hash(capped) != config_hash(with_labels)  # null (the default) is left out: earlier runs hash as before
     for bad, match in (("pseudo.shares=0.5", "unknown key 'pseudo.shares'; valid keys in 'pseudo': labels, share"),
                        ("pseudo.share=1.5", "'pseudo.share' must be >= 0.0 and <= 1.0"),
+                       ("pseudo.empty_share=1", "'pseudo.empty_share' must be >= 0.0 and < 1.0"),
                        ("pseudo.pixel_low=0.95", "pseudo.pixel_low .* must be < pseudo.pixel_high"),
                        ("pseudo.labels=runs:/", "pseudo.labels: expected runs:/<run_id>/")):
         with pytest.raises(SaltError, match=match) as info:

@@ -95,6 +95,7 @@ _HASH_OMIT = (
     ("loss", "late_from_cycle", lambda sec: not sec.get("late_terms")),
     ("pseudo", "ignore_band", lambda sec: not sec["ignore_band"]),
     ("pseudo", "cycles", lambda sec: sec["cycles"] is None),
+    ("pseudo", "empty_share", lambda sec: sec["empty_share"] is None),
     ("context", "dropout", lambda sec: not sec["dropout"]),
 )
 # Sections added later, left out of the hash while they change nothing: (section, when-inert test). Without

@@ -155,7 +155,9 @@ class PseudoConfig:
     as the source's guesses (the classification head still sees the tile as non-empty); with it,
     ``min_confident_pixels`` can be lowered to keep more tiles. ``cycles``: pseudo tiles are drawn in the first
     ``cycles`` cosine cycles only (null: every cycle), e.g. 1 to keep them out of a Lovasz cycle
-    (``loss.late_terms``).
+    (``loss.late_terms``). ``empty_share``: at most this share of a fold's kept tiles are empty; the surplus empty
+    tiles are dropped, the least certain first (highest probability), so the pseudo tiles do not shift the batches
+    toward empty tiles (null: no cap; a source that misses small salt keeps many empty verdicts).
     """
 
     labels: str = ""  # runs:/<run_id>/pseudo/labels.npz (a pseudo run's artifact) or that run's id; "": none
@@ -166,6 +168,7 @@ class PseudoConfig:
     min_confident_pixels: float = _prob(0.97)
     ignore_band: bool = False
     cycles: int | None = _num(None, ge=1)
+    empty_share: float | None = _num(None, ge=0.0, lt=1.0)
     # a round is refused when a pseudo tile would be drawn more than this many times as often as a training tile
     # (share / kept pseudo tiles against (1 - share) / training tiles): a handful of labels at share 0.5 would
     # fill half of every batch with the same few tiles

@@ -2,7 +2,8 @@
 
 A tile is kept *empty* when its highest probability is below ``empty_max_prob`` and the post-processing rules
 left its mask empty; *non-empty* when its post-processed mask is non-empty and at least ``min_confident_pixels``
-of its pixels are below ``pixel_low`` or above ``pixel_high``; every other tile is dropped. With
+of its pixels are below ``pixel_low`` or above ``pixel_high``; every other tile is dropped. With ``empty_share``
+the empty tiles are capped at that share of the kept ones (the surplus dropped, least certain first). With
 ``ignore_band`` a kept non-empty tile's pixels inside the band are also marked for the loss to leave out
 (:func:`ignore_map`), so a tile with uncertain boundaries teaches its confident pixels only.
 """
@@ -23,8 +24,16 @@ def confidence_verdicts(probs: np.ndarray, masks: np.ndarray, rules: PseudoConfi
     empty = ~np.asarray(masks).reshape(len(masks), -1).astype(bool).any(axis=1)
     confident = ((p < rules.pixel_low) | (p > rules.pixel_high)).mean(axis=1) >= rules.min_confident_pixels
     out = np.full(len(p), DROPPED, dtype="<U8")
-    out[empty & (p.max(axis=1) < rules.empty_max_prob)] = EMPTY
+    top = p.max(axis=1)
+    out[empty & (top < rules.empty_max_prob)] = EMPTY
     out[~empty & confident] = NONEMPTY
+    if rules.empty_share is not None:  # keep at most empty_share of the kept tiles empty: the most certain ones
+        n_nonempty = int((out == NONEMPTY).sum())
+        room = int(np.floor(rules.empty_share / (1.0 - rules.empty_share) * n_nonempty + 1e-9))
+        candidates = np.flatnonzero(out == EMPTY)
+        if len(candidates) > room:
+            order = candidates[np.argsort(top[candidates], kind="stable")]  # lowest highest-probability first
+            out[order[room:]] = DROPPED
     return out
 
 

@@ -27,7 +27,10 @@ from salt_exp.tracking import RunTracker, fetch_artifact, find_runs, temp_dir
 from salt_exp.train.run import FoldRunInfo
 from salt_exp.train.setup import load_fold
 
-CONFIDENCE_KEYS = ("empty_max_prob", "pixel_low", "pixel_high", "min_confident_pixels", "ignore_band")
+CONFIDENCE_KEYS = ("empty_max_prob", "pixel_low", "pixel_high", "min_confident_pixels", "ignore_band", "empty_share")
+# confidence keys added after labels were first made, with the value that behaves as before: left out of the labels
+# key at that value, so an earlier round's labels are still found
+_ADDED_LATER = {"ignore_band": False, "empty_share": None}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +76,8 @@ def pseudo_key(source: SourceEnsemble, cfg: ExperimentConfig) -> str:
     """What makes one set of labels: the source version, the data and its folds, the confidence rules."""
     d, p = cfg.data, cfg.pseudo
     payload = {"ensemble": source.key, "data": str(Path(d.root).resolve()), "folds": [d.folds_scheme, d.n_folds, d.folds_seed],
-               **{k: getattr(p, k) for k in CONFIDENCE_KEYS if k != "ignore_band" or p.ignore_band}}  # earlier keys kept
+               **{k: getattr(p, k) for k in CONFIDENCE_KEYS
+                  if k not in _ADDED_LATER or getattr(p, k) != _ADDED_LATER[k]}}
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
