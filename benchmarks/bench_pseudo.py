@@ -87,9 +87,19 @@ def _ensemble(study: str, fold: int):
         return ensemble_study(spec)
 
 
-def source_ensemble(data: Path, fold: int, minutes: float) -> tuple[str, dict]:
-    """The source ensemble version of fold k (made here once; its run tagged ``bench.pseudo_source`` = k), and
-    what it scored."""
+def _bins(run_id: str) -> dict[str, float]:
+    """An ensemble run's OOF mAP per coverage bin (its ``oof_map_bin_*`` metrics)."""
+    from mlflow.tracking import MlflowClient
+
+    from salt_exp.stores import tracking_uri
+
+    metrics = MlflowClient(tracking_uri()).get_run(run_id).data.metrics
+    return {k.removeprefix("oof_map_bin_"): round(v, 4) for k, v in sorted(metrics.items()) if k.startswith("oof_map_bin_")}
+
+
+def source_ensemble(data: Path, fold: int, minutes: float) -> tuple[str, dict, str]:
+    """The source ensemble version of fold k (made here once; its run tagged ``bench.pseudo_source`` = k), what it
+    scored, and its ensemble run."""
     from salt_exp import contract as C
     from salt_exp.config import config_hash
     from salt_exp.tracking import RunTracker, ensemble_versions, run_summary
@@ -100,7 +110,8 @@ def source_ensemble(data: Path, fold: int, minutes: float) -> tuple[str, dict]:
         for v in ensemble_versions(C.ensemble_model(SOURCE_STUDY)):
             s = run_summary(v.ensemble_run)
             if s.tags.get("bench.pseudo_source") == tag:
-                return f"{C.ensemble_model(SOURCE_STUDY)}/v{v.version}", json.loads(s.tags["bench.pseudo_steps"])
+                return (f"{C.ensemble_model(SOURCE_STUDY)}/v{v.version}", json.loads(s.tags["bench.pseudo_steps"]),
+                        v.ensemble_run)
     except Exception:  # noqa: BLE001 - no ensemble model yet
         pass
     if fold not in be.trained_folds(SOURCE_STUDY, recipe):
@@ -110,14 +121,14 @@ def source_ensemble(data: Path, fold: int, minutes: float) -> tuple[str, dict]:
     steps = _steps(outcome.result, fold)
     RunTracker.attach(outcome.logged.run_id).set_tags({"bench.pseudo_source": tag,
                                                        "bench.pseudo_steps": json.dumps(steps)})
-    return f"{C.ensemble_model(SOURCE_STUDY)}/v{outcome.logged.version}", steps
+    return f"{C.ensemble_model(SOURCE_STUDY)}/v{outcome.logged.version}", steps, outcome.logged.run_id
 
 
 def run_part(data: Path, variant: str, fold: int, minutes: float, results: Path) -> None:
     from salt_exp.pseudo.round import PseudoRequest, run_pseudo
 
     t0 = time.perf_counter()
-    version, source_steps = source_ensemble(data, fold, minutes)
+    version, source_steps, source_run = source_ensemble(data, fold, minutes)
     overrides = VARIANTS[variant]
     study = f"bp-{variant}-f{fold}"
     outcome = run_pseudo(PseudoRequest(study=SOURCE_STUDY, version=version.rpartition("/v")[2], folds=str(fold),
@@ -134,7 +145,8 @@ def run_part(data: Path, variant: str, fold: int, minutes: float, results: Path)
             "gain": None if compare is None else compare["gain"],
             "kept_empty": labels.kept_empty, "kept_nonempty": labels.kept_nonempty,
             "ignored_pixels": labels.ignored_pixels, "round_study": study, "steps": steps,
-            "source_steps": source_steps, "wall_s": round(time.perf_counter() - t0, 1), "machine": bq.machine(),
+            "source_steps": source_steps, "source_bins": _bins(source_run), "round_bins": _bins(ens.logged.run_id),
+            "wall_s": round(time.perf_counter() - t0, 1), "machine": bq.machine(),
             "commit": bq.git_commit(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     save_part(results, part)
     gain = "no comparison row" if part["gain"] is None else f"{part['gain']:+.4f}"
@@ -162,6 +174,17 @@ def report(parts: list[dict], variants: list[str], minutes: float, recipe: str, 
         if gains:
             sd = f"{statistics.stdev(gains):.4f}" if len(gains) > 1 else "-"
             lines.append(f"| {v} | `{' '.join(VARIANTS[v])}` | {len(gains)} | {statistics.fmean(gains):+.4f} | {sd} |")
+    binned = [p for p in fresh if p.get("source_bins") and p.get("round_bins")]
+    if binned:  # where a round gains or loses: its ensemble's OOF mAP per coverage bin against its source's
+        bins = list(binned[0]["source_bins"])
+        lines += ["", "| variant | folds | " + " | ".join(f"{b}: source / round" for b in bins) + " |",
+                  "|---|---|" + "---|" * len(bins)]
+        for v in variants:
+            ps = [p for p in binned if p["variant"] == v]
+            if ps:
+                cells = [f"{statistics.fmean(p['source_bins'][b] for p in ps):.3f} / "
+                         f"{statistics.fmean(p['round_bins'][b] for p in ps):.3f}" for b in bins]
+                lines.append(f"| {v} | {len(ps)} | " + " | ".join(cells) + " |")
     machines = sorted({f"{p['machine']} ({p['commit']})" for p in fresh})
     return "\n".join([*lines, "", "Machines (commit): " + "; ".join(machines)])
 
