@@ -14,11 +14,10 @@ mosaic rules the harness picks on OOF, the test tiles as the rules' neighbours).
   one, plus a validity plane (its first-conv weights start at zero: the model starts as plain). Variants (not in
   the default ``--pipelines``): ``image-random`` (the plane's weights drawn at random, as the first context runs
   did), ``image-novalid`` (no validity plane) and ``image-drop`` (``context.dropout=0.5``: half the training
-  samples come padded alone, so the model keeps working without neighbours);
-- ``plain-s2``: the plain model from seed 43 (folds unchanged: ``data.folds_seed``), the report's seed-noise row. Same canvas size, so the same
-  compute per step: a fixed number
-  of epochs is the same budget in steps and (within the measurement noise of this machine) in wall time, and a
-  contended machine cannot change the comparison, only its duration.
+  samples come padded alone, so the model keeps working without neighbours). Same canvas size, so the same
+  compute per step: a fixed number of epochs is the same budget in steps and (within the measurement noise of this
+  machine) in wall time, and a contended machine cannot change the comparison, only its duration;
+- ``plain-s2``: the plain model from seed 43 (folds unchanged: ``data.folds_seed``), the report's seed-noise row.
 
 Each part stores per-tile OOF scores of the ensemble before and after the rules, so the report can split them
 any way: overall, tiles inside vs outside a mosaic, and by the truth's mask type (empty; vertical: the bottom 30

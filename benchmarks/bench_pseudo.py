@@ -88,13 +88,13 @@ def _ensemble(study: str, fold: int):
 
 
 def _bins(run_id: str) -> dict[str, float]:
-    """An ensemble run's OOF mAP per coverage bin (its ``oof_map_bin_*`` metrics)."""
-    from mlflow.tracking import MlflowClient
+    """An ensemble run's OOF mAP per coverage bin (its ``oof_map_bin_<bin>`` metrics), in the metric's bin order."""
+    from salt_exp import contract as C
+    from salt_exp.metrics import BIN_NAMES
+    from salt_exp.tracking import run_summary
 
-    from salt_exp.stores import tracking_uri
-
-    metrics = MlflowClient(tracking_uri()).get_run(run_id).data.metrics
-    return {k.removeprefix("oof_map_bin_"): round(v, 4) for k, v in sorted(metrics.items()) if k.startswith("oof_map_bin_")}
+    metrics = run_summary(run_id).metrics
+    return {b: round(metrics[C.Metric.oof_map_bin(b)], 4) for b in BIN_NAMES if C.Metric.oof_map_bin(b) in metrics}
 
 
 def source_ensemble(data: Path, fold: int, minutes: float) -> tuple[str, dict, str]:
