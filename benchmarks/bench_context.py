@@ -29,7 +29,6 @@ a finished fold is reused, not trained again). A finished part is written to the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -75,21 +74,11 @@ def recipe_of(pipeline: str, data: Path, epochs: int) -> str:
 
 
 def load_parts(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))["parts"]
-    except (ValueError, KeyError, TypeError) as exc:
-        sys.exit(f"{path}: not a bench_context results file ({exc}); move it away or fix it")
+    return bq.read_parts(path, "bench_context")
 
 
 def save_part(path: Path, part: dict) -> None:
-    key = (part["pipeline"], part["fold"], part["recipe"])
-    parts = [p for p in load_parts(path) if (p["pipeline"], p["fold"], p["recipe"]) != key] + [part]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"parts": parts}, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    bq.write_part(path, part, lambda p: (p["pipeline"], p["fold"], p["recipe"]), "bench_context")
 
 
 def run_part(pipeline: str, data: Path, fold: int, epochs: int, results: Path) -> None:

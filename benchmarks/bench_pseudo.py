@@ -13,6 +13,9 @@ A *part* is one fold k and one confidence variant:
 3. ``salt-exp pseudo`` from that ensemble version, fold k only, into a study of its own (``bp-<variant>-f<k>``),
    the round's config the source's best member's plus the variant's ``pseudo.*`` overrides, at the same budget;
 4. the round's ensemble on fold k, whose waterfall ends with ``pseudo-labels vs`` the source ensemble: the gain.
+A warm-started variant (``pseudo.warm_start``) trains on top of the source's fold member, so its gain holds the extra
+training too; its control variant (``CONTROLS``: the same with ``pseudo.share=0``) measures that, and the report
+gives the round's ensemble minus the control's: what the pseudo tiles themselves add.
 The gain compares two ensembles built the same way, each from one 25-minute fold run; the round trained on
 labels its source made, so it had that run's knowledge besides its own budget. A finished part is appended to
 the results file (temp file + rename); rerun the command to continue. The report (stdout, ``--docs``:
@@ -51,7 +54,15 @@ VARIANTS = {
     # kept 3512 empty beside 846 salt tiles on fold 0 and lost most on the small-coverage bins
     "ignore-c1-bal": [*BAND, "pseudo.min_confident_pixels=0.5", "pseudo.ignore_band=true", "pseudo.cycles=1",
                       "pseudo.share=0.3", "pseudo.empty_share=0.38"],
+    # ignore-c1-bal with each fold run started from its fold's source member (pseudo.warm_start): the round's budget
+    # adds to the source's instead of starting over, so it is judged against warm-none, the same warm start and
+    # budget with no pseudo tile drawn (share 0; its labels are made and never used)
+    "warm-bal": [*BAND, "pseudo.min_confident_pixels=0.5", "pseudo.ignore_band=true", "pseudo.cycles=1",
+                 "pseudo.share=0.3", "pseudo.empty_share=0.38", "pseudo.warm_start=true"],
+    "warm-none": [*BAND, "pseudo.min_confident_pixels=0.5", "pseudo.ignore_band=true", "pseudo.cycles=1",
+                  "pseudo.share=0", "pseudo.empty_share=0.38", "pseudo.warm_start=true"],
 }
+CONTROLS = {"warm-bal": "warm-none"}  # variant -> the variant that differs from it only in drawing no pseudo tile
 
 
 def load_parts(path: Path) -> list[dict]:
@@ -174,6 +185,14 @@ def report(parts: list[dict], variants: list[str], minutes: float, recipe: str, 
         if gains:
             sd = f"{statistics.stdev(gains):.4f}" if len(gains) > 1 else "-"
             lines.append(f"| {v} | `{' '.join(VARIANTS[v])}` | {len(gains)} | {statistics.fmean(gains):+.4f} | {sd} |")
+    paired = [(p, q) for p in fresh for q in fresh if CONTROLS.get(p["variant"]) == q["variant"]
+              and p["fold"] == q["fold"]]
+    if paired:  # a warm-started round's gain is mostly the extra training: what the pseudo tiles add beyond it
+        lines += ["", "| variant | control | fold | round ensemble | control ensemble | pseudo tiles' gain |",
+                  "|---|---|---|---|---|---|"]
+        for p, q in sorted(paired, key=lambda pq: (pq[0]["variant"], pq[0]["fold"])):
+            lines.append(f"| {p['variant']} | {q['variant']} | {p['fold']} | {p['round_final']:.4f} | "
+                         f"{q['round_final']:.4f} | {p['round_final'] - q['round_final']:+.4f} |")
     binned = [p for p in fresh if p.get("source_bins") and p.get("round_bins")]
     if binned:  # where a round gains or loses: its ensemble's OOF mAP per coverage bin against its source's
         bins = list(binned[0]["source_bins"])

@@ -187,6 +187,9 @@ def test_the_pseudo_config_section_is_checked_and_hashed_only_with_labels(tmp_pa
     assert config_hash(with_labels) != config_hash(load_config(base, ["pseudo.labels=runs:/abc124/pseudo/labels.npz"]))
     capped = load_config(base, ["pseudo.labels=runs:/abc123/pseudo/labels.npz", "pseudo.empty_share=0.4"])
     assert config_hash(capped) != config_hash(with_labels)  # null (the default) is left out: earlier runs hash as before
+    cold = load_config(base, ["pseudo.labels=runs:/abc123/pseudo/labels.npz", "pseudo.warm_start=false"])
+    warm = load_config(base, ["pseudo.labels=runs:/abc123/pseudo/labels.npz", "pseudo.warm_start=true"])
+    assert config_hash(cold) == config_hash(with_labels) != config_hash(warm)  # false: as before the key existed
     for bad, match in (("pseudo.shares=0.5", "unknown key 'pseudo.shares'; valid keys in 'pseudo': labels, share"),
                        ("pseudo.share=1.5", "'pseudo.share' must be >= 0.0 and <= 1.0"),
                        ("pseudo.empty_share=1", "'pseudo.empty_share' must be >= 0.0 and < 1.0"),
@@ -422,6 +425,48 @@ def test_bad_input_is_one_line(pseudo_round, synth_dir, capsys):
                     f"labels train tile {data.train.ids[3]}")
     _one_line_error(capsys, [*train, "--set", "pseudo.labels=runs:/0123abcd/pseudo/labels.npz"], "cannot fetch it")
     assert not _runs(MlflowClient(), "bad", "fold")
+
+
+def test_a_warm_started_round_starts_each_fold_from_that_folds_best_member(pseudo_round, synth_dir, capsys):
+    """pseudo.warm_start: fold k's run starts from fold k's best source member (never one that saw fold k's
+    validation tiles). At a vanishing LR without momentum or decay its parameters stay where they started, so its
+    snapshot's parameters are the member's; without it they are a fresh network's."""
+    import torch
+
+    from salt_exp.ensemble.predict import load_member
+    from salt_exp.tracking import snapshot_versions
+
+    c, tmp = pseudo_round
+    champion = c.get_model_version_by_alias("salt-pl-ensemble", "champion")
+    source = {v.key: v for v in snapshot_versions("salt-pl") if v.key in json.loads(champion.tags["members"])}
+    still = ["optim.lr=1e-12", "schedule.min_lr=0", "optim.momentum=0", "optim.weight_decay=0"]
+
+    def params(version) -> dict[str, torch.Tensor]:
+        return {k: p.detach() for k, p in load_member(version, tmp / "cache")[0].named_parameters()}
+
+    def moved(a: dict, b: dict) -> float:
+        return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+    capsys.readouterr()
+    for study, warm in (("pl-warm", "true"), ("pl-cold", "false")):
+        argv = ["pseudo", "--study", "pl", "--folds", "0-1", "--into", study, *_sets([*LOOSE, *still])]
+        assert main([*argv, "--set", f"pseudo.warm_start={warm}"]) == 0
+    out = capsys.readouterr().out
+    runs = {(s, int(r.data.tags["salt.fold"])): r for s in ("pl-warm", "pl-cold") for r in _runs(c, s, "fold")}
+    for fold in (0, 1):
+        (member,) = [v for v in source.values() if v.fold == fold]  # the fixture's ensemble: one member a fold
+        rp = runs["pl-warm", fold].data.params
+        assert rp["warm_start_member"] == member.key and "warm_start_member" not in runs["pl-cold", fold].data.params
+        assert f"[fold {fold}] warm start from {member.key}" in out
+        (warm,) = [v for v in snapshot_versions("salt-pl-warm") if v.fold == fold]
+        (cold,) = [v for v in snapshot_versions("salt-pl-cold") if v.fold == fold]
+        start = params(member)
+        assert moved(params(warm), start) < 1e-6 < 1e-4 < moved(params(cold), start)
+    # without labels there is no source to start from: one line, nothing logged
+    _one_line_error(capsys, ["train", str(CONFIGS / "tiny.yaml"), "--fold", "0", "--study", "nowarm", "--set",
+                             f"data.root={synth_dir}", *_sets([*ROUND0, "pseudo.warm_start=true"])],
+                    "pseudo.warm_start: needs pseudo.labels")
+    assert not _runs(c, "nowarm", "fold")
 
 
 def test_a_round_that_would_oversample_a_few_labels_is_refused_in_one_line():

@@ -96,6 +96,7 @@ _HASH_OMIT = (
     ("pseudo", "ignore_band", lambda sec: not sec["ignore_band"]),
     ("pseudo", "cycles", lambda sec: sec["cycles"] is None),
     ("pseudo", "empty_share", lambda sec: sec["empty_share"] is None),
+    ("pseudo", "warm_start", lambda sec: not sec["warm_start"]),
     ("context", "dropout", lambda sec: not sec["dropout"]),
 )
 # Sections added later, left out of the hash while they change nothing: (section, when-inert test). Without

@@ -157,7 +157,11 @@ class PseudoConfig:
     ``cycles`` cosine cycles only (null: every cycle), e.g. 1 to keep them out of a Lovasz cycle
     (``loss.late_terms``). ``empty_share``: at most this share of a fold's kept tiles are empty; the surplus empty
     tiles are dropped, the least certain first (highest probability), so the pseudo tiles do not shift the batches
-    toward empty tiles (null: no cap; a source that misses small salt keeps many empty verdicts).
+    toward empty tiles (null: no cap; a source that misses small salt keeps many empty verdicts). ``warm_start``:
+    each fold run of the round starts from the weights of that fold's best source member (highest val_map; it never
+    trained on the fold's validation tiles) instead of the encoder's initial weights; the round's config must build
+    the same network. A round with ``share`` 0 and ``warm_start`` is the control: the same extra training without
+    pseudo tiles.
     """
 
     labels: str = ""  # runs:/<run_id>/pseudo/labels.npz (a pseudo run's artifact) or that run's id; "": none
@@ -169,6 +173,7 @@ class PseudoConfig:
     ignore_band: bool = False
     cycles: int | None = _num(None, ge=1)
     empty_share: float | None = _num(None, ge=0.0, lt=1.0)
+    warm_start: bool = False
     # a round is refused when a pseudo tile would be drawn more than this many times as often as a training tile
     # (share / kept pseudo tiles against (1 - share) / training tiles): a handful of labels at share 0.5 would
     # fill half of every batch with the same few tiles

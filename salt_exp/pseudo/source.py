@@ -39,7 +39,12 @@ class SourceEnsemble:
 
     def best_member(self) -> SnapshotVersion:
         """The fold member with the highest val_map (ties: the earlier version)."""
-        return max((m for ms in self.fold_members().values() for m in ms), key=lambda m: (m.val_map, -int(m.version)))
+        return _best(m for ms in self.fold_members().values() for m in ms)
+
+
+def _best(members) -> SnapshotVersion:
+    """The member with the highest val_map (ties: the earlier version)."""
+    return max(members, key=lambda m: (m.val_map, -int(m.version)))
 
 
 def _version(study: str, version: str) -> RegistryVersion:
@@ -112,3 +117,23 @@ def resolve_source(study: str, version: str, cache: Path) -> SourceEnsemble:
                           rules=tuple(spec.get("rules", ens.rules)),
                           broken=tuple((str(a), str(b)) for a, b in spec.get("broken_seams", ())),
                           round=_round(members))
+
+
+def warm_member(ensemble: str, fold: int) -> SnapshotVersion:
+    """The member of ensemble ``salt-<study>-ensemble/v<N>`` (a labels file's ``ensemble``) a warm-started round's
+    fold run starts from: that fold's best (highest val_map; ties: the earlier version). Fold k's members never
+    trained on fold k's validation tiles, so their weights carry nothing of them."""
+    model, sep, number = ensemble.rpartition("/v")
+    where = f"pseudo.warm_start: source ensemble {ensemble!r}"
+    if not sep or not number.isdigit():
+        raise SaltError(f"{where}: expected <registered model>/v<version> (the labels file's 'ensemble')")
+    versions = {v.version: v for v in registry_versions(model)}
+    if number not in versions:
+        raise SaltError(f"{where}: not in the registry ({model} holds versions {', '.join(sorted(versions, key=int)) or 'none'})")
+    ens = EnsembleVersion.from_version(versions[number])
+    if ens is None:
+        raise SaltError(f"{where}: not an ensemble version (no ensemble_run tag)")
+    members = _members(ens).get(fold, [])
+    if not members:
+        raise SaltError(f"{where}: has no member of fold {C.fold_label(fold)} to start that fold from")
+    return _best(members)

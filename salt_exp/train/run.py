@@ -79,6 +79,23 @@ def pseudo_labels_file(cfg: ExperimentConfig) -> Path | None:
                         f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from exc
 
 
+def warm_start(cfg: ExperimentConfig, fd: FoldData, fold: int) -> tuple[tuple[str, dict] | None, dict[str, object]]:
+    """``pseudo.warm_start``: (the fold's best source member's key and state_dict, its params), else (None, {})."""
+    if not cfg.pseudo.warm_start:
+        return None, {}
+    if fd.pseudo is None:
+        raise SaltError("pseudo.warm_start: needs pseudo.labels (salt-exp pseudo sets it): the labels name the "
+                        "ensemble whose members the fold runs start from")
+    from salt_exp.ensemble.predict import load_member
+    from salt_exp.pseudo.source import warm_member
+
+    member = warm_member(fd.pseudo.source.get("ensemble", ""), fold)
+    model, _, _ = load_member(member, download_cache())
+    params = {"warm_start_member": member.key, "warm_start_val_map": round(member.val_map, 4)}
+    print(f"[fold {C.fold_label(fold)}] warm start from {member.key} (val_map {member.val_map:.4f})", flush=True)
+    return (member.key, model.state_dict()), params
+
+
 def run_fold(cfg: ExperimentConfig, fold: int, *, study: str = C.ADHOC, trial: int | None = None,
              parent_run_id: str | None = None, resume: bool = False,
              extra_hooks: list[HookBase] | None = None, threshold: float = 0.5,
@@ -86,6 +103,7 @@ def run_fold(cfg: ExperimentConfig, fold: int, *, study: str = C.ADHOC, trial: i
     """``fold`` ``contract.FULL_FIT``: a full-data fit, its snapshots registered with ``threshold``;
     ``extra_params`` are logged with the config when the run starts."""
     fd = load_fold(cfg, fold, pseudo_file=pseudo_labels_file(cfg))
+    init, init_params = warm_start(cfg, fd, fold)  # before the run starts: a missing member logs nothing
     tags = fold_run_tags(cfg, study, trial, fold)
     previous = find_resumable(cfg, study, trial, fold) if resume else None
     if previous is not None and previous[1] == RunStatus.FINISHED.value:
@@ -94,7 +112,7 @@ def run_fold(cfg: ExperimentConfig, fold: int, *, study: str = C.ADHOC, trial: i
         tracker = RunTracker.resume(previous[0])
     else:
         tracker = _start(cfg, tags, trial=trial, parent_run_id=parent_run_id, fd=fd,
-                         extra_params=extra_params)
+                         extra_params={**init_params, **(extra_params or {})})
     tracker.start_system_metrics()
     template = SnapshotVersion(model=C.snapshot_model(study), run_id=tracker.run_id, study=study, trial=tags.trial,
                                fold=fold, encoder=cfg.model.encoder, cycle=-1, val_map=math.nan, val_best_thr=threshold,
@@ -107,7 +125,8 @@ def run_fold(cfg: ExperimentConfig, fold: int, *, study: str = C.ADHOC, trial: i
     restored = restore(tracker, workdir) if previous is not None else ""
     hooks = [hook, EpochLog(label), CheckpointSync(tracker, cfg.sync, label=label), *(extra_hooks or [])]
     identity = CheckpointIdentity(config_hash=config_hash(cfg), commit=git_commit())
-    trainer = FoldTrainer(cfg, fd, fold, workdir=workdir, hooks=hooks, identity=identity, restored_from=restored)
+    trainer = FoldTrainer(cfg, fd, fold, workdir=workdir, hooks=hooks, identity=identity, restored_from=restored,
+                          init=init)
     status = RunStatus.KILLED
     try:
         with term_as_interrupt():  # SIGTERM: the run is closed as KILLED, like Ctrl-C
