@@ -103,11 +103,11 @@ def run_fold(cfg: ExperimentConfig, fold: int, *, study: str = C.ADHOC, trial: i
     """``fold`` ``contract.FULL_FIT``: a full-data fit, its snapshots registered with ``threshold``;
     ``extra_params`` are logged with the config when the run starts."""
     fd = load_fold(cfg, fold, pseudo_file=pseudo_labels_file(cfg))
-    init, init_params = warm_start(cfg, fd, fold)  # before the run starts: a missing member logs nothing
     tags = fold_run_tags(cfg, study, trial, fold)
     previous = find_resumable(cfg, study, trial, fold) if resume else None
     if previous is not None and previous[1] == RunStatus.FINISHED.value:
         return _finished(previous[0])
+    init, init_params = warm_start(cfg, fd, fold)  # before the run starts: a missing member logs nothing
     if previous is not None:
         tracker = RunTracker.resume(previous[0])
     else:
