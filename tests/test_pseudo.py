@@ -462,6 +462,11 @@ def test_a_warm_started_round_starts_each_fold_from_that_folds_best_member(pseud
         (cold,) = [v for v in snapshot_versions("salt-pl-cold") if v.fold == fold]
         start = params(member)
         assert moved(params(warm), start) < 1e-6 < 1e-4 < moved(params(cold), start)
+    # a round whose config builds another network cannot start from the member: one line, no fold run logged
+    _one_line_error(capsys, ["pseudo", "--study", "pl", "--folds", "0", "--into", "pl-other",
+                             *_sets([*LOOSE, "pseudo.warm_start=true", "model.decoder_channels=[16,16,8,8,8]"])],
+                    "weights do not fit this run's model")
+    assert not _runs(c, "pl-other", "fold")
     # without labels there is no source to start from: one line, nothing logged
     _one_line_error(capsys, ["train", str(CONFIGS / "tiny.yaml"), "--fold", "0", "--study", "nowarm", "--set",
                              f"data.root={synth_dir}", *_sets([*ROUND0, "pseudo.warm_start=true"])],

@@ -20,7 +20,15 @@ from salt_exp.tracking import RunTracker, fetch_artifact, find_runs, git_commit
 from salt_exp.train.fold_run import FoldResult, FoldTrainer
 from salt_exp.train.hooks import EpochLog, HookBase
 from salt_exp.train.mlflow_hook import MLflowHook
-from salt_exp.train.setup import FoldData, context_params, fold_datasets, load_fold, pseudo_params, pseudo_tags
+from salt_exp.train.setup import (
+    FoldData,
+    build_parts,
+    context_params,
+    fold_datasets,
+    load_fold,
+    pseudo_params,
+    pseudo_tags,
+)
 from salt_exp.train.state import CheckpointIdentity
 from salt_exp.train.sync import CheckpointSync, restore
 
@@ -90,10 +98,15 @@ def warm_start(cfg: ExperimentConfig, fd: FoldData, fold: int) -> tuple[tuple[st
     from salt_exp.pseudo.source import warm_member
 
     member = warm_member(fd.pseudo.source.get("ensemble", ""), fold)
-    model, _, _ = load_member(member, download_cache())
+    state = load_member(member, download_cache())[0].state_dict()
+    try:  # checked on a model of the round's config here, before any run starts: a mismatch logs nothing
+        build_parts(cfg)[0].load_state_dict(state)
+    except RuntimeError as exc:
+        raise SaltError(f"pseudo.warm_start: {member.key}'s weights do not fit this run's model (the config must "
+                        f"build the same network: {str(exc).splitlines()[0][:160]})") from exc
     params = {"warm_start_member": member.key, "warm_start_val_map": round(member.val_map, 4)}
     print(f"[fold {C.fold_label(fold)}] warm start from {member.key} (val_map {member.val_map:.4f})", flush=True)
-    return (member.key, model.state_dict()), params
+    return (member.key, state), params
 
 
 def run_fold(cfg: ExperimentConfig, fold: int, *, study: str = C.ADHOC, trial: int | None = None,
