@@ -58,11 +58,23 @@ def _version(study: str, version: str) -> RegistryVersion:
             raise SaltError(f"{model} has no {version!r} version: build an ensemble of the study first "
                             f"(salt-exp ensemble --study {study})")
         return found
+    return _numbered(model, version)
+
+
+def _numbered(model: str, version: str) -> RegistryVersion:
+    """Version ``version`` (a number) of registered model ``model``; one-line SaltError naming the versions held."""
     versions = {v.version: v for v in registry_versions(model)}
     if version not in versions:
         held = ", ".join(sorted(versions, key=int)) or "none"
         raise SaltError(f"{model} has no version {version} (versions: {held})")
     return versions[version]
+
+
+def _ensemble(reg: RegistryVersion) -> EnsembleVersion:
+    ens = EnsembleVersion.from_version(reg)
+    if ens is None:
+        raise SaltError(f"{reg.name} v{reg.version} is not an ensemble version (no ensemble_run tag)")
+    return ens
 
 
 def _members(ens: EnsembleVersion) -> dict[int, list[SnapshotVersion]]:
@@ -98,9 +110,7 @@ def resolve_source(study: str, version: str, cache: Path) -> SourceEnsemble:
     """Ensemble ``version`` (an alias such as ``champion``, or a number) of ``study``; one-line SaltError when the
     study, the model, the version or a member is missing."""
     reg = _version(study, version)
-    ens = EnsembleVersion.from_version(reg)
-    if ens is None:
-        raise SaltError(f"{reg.name} v{reg.version} is not an ensemble version (no ensemble_run tag)")
+    ens = _ensemble(reg)
     members = _members(ens)
     run, spec = run_summary(ens.ensemble_run), _model_spec(reg, cache)
     thresholds = {int(k): float(v) for k, v in spec.get("fold_thresholds", {}).items()}
@@ -127,13 +137,10 @@ def warm_member(ensemble: str, fold: int) -> SnapshotVersion:
     where = f"pseudo.warm_start: source ensemble {ensemble!r}"
     if not sep or not number.isdigit():
         raise SaltError(f"{where}: expected <registered model>/v<version> (the labels file's 'ensemble')")
-    versions = {v.version: v for v in registry_versions(model)}
-    if number not in versions:
-        raise SaltError(f"{where}: not in the registry ({model} holds versions {', '.join(sorted(versions, key=int)) or 'none'})")
-    ens = EnsembleVersion.from_version(versions[number])
-    if ens is None:
-        raise SaltError(f"{where}: not an ensemble version (no ensemble_run tag)")
-    members = _members(ens).get(fold, [])
+    try:
+        members = _members(_ensemble(_numbered(model, number))).get(fold, [])
+    except SaltError as exc:
+        raise SaltError(f"{where}: {exc}") from exc
     if not members:
         raise SaltError(f"{where}: has no member of fold {C.fold_label(fold)} to start that fold from")
     return _best(members)

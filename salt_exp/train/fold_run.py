@@ -21,7 +21,6 @@ import torch
 from salt_exp import contract as C
 from salt_exp.config import ExperimentConfig, to_dict
 from salt_exp.contract import FoldStatus
-from salt_exp.errors import SaltError
 from salt_exp.io import write_json
 from salt_exp.metrics import THRESHOLD_GRID, bin_breakdown, coverage_bins, image_scores, threshold_search
 from salt_exp.train.budget import plan_cycles, probe_seconds, replan, should_stop
@@ -76,19 +75,16 @@ PRECISION_FILE = "precision.json"  # in the work folder: the run's precision cho
 class FoldTrainer:
     def __init__(self, cfg: ExperimentConfig, fd: FoldData, fold: int, *, workdir: Path, hooks: list[HookBase],
                  identity: CheckpointIdentity | None = None, restored_from: str = "",
-                 init: tuple[str, dict] | None = None) -> None:
+                 init: dict | None = None) -> None:
         """``identity``: written into ``last.pt`` and checked against the one a resumed checkpoint holds;
         ``restored_from``: where the work folder's checkpoint came from when it was just downloaded from the store;
-        ``init``: (label, state_dict) the model starts from instead of its initial weights (a resume replaces it)."""
+        ``init``: the state_dict the model starts from instead of its initial weights (a resume replaces it); the
+        caller has checked that it fits this config's model (``run.warm_start``, before the run started)."""
         self.cfg, self.fd, self.fold, self.workdir, self.hooks = cfg, fd, fold, workdir, Hooks(hooks)
         self.identity, self.restored_from = identity, restored_from
         self.model, self.adapter, self.loss_fn = build_parts(cfg)
         if init is not None:
-            try:
-                self.model.load_state_dict(init[1])
-            except RuntimeError as exc:
-                raise SaltError(f"{init[0]}: its weights do not fit this run's model (the config must build the same "
-                                f"network: {str(exc).splitlines()[0][:160]})") from exc
+            self.model.load_state_dict(init)
         self.late_loss_fn = build_loss(cfg, late=True) if cfg.loss.late_terms else self.loss_fn
         self.model.to(resolve_device(cfg.train.device))  # params on the device before the optimizer is built
         lr0 = cfg.optim.lr if cfg.optim.lr != "auto" else cfg.lr_find.start_lr

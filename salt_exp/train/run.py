@@ -87,8 +87,9 @@ def pseudo_labels_file(cfg: ExperimentConfig) -> Path | None:
                         f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from exc
 
 
-def warm_start(cfg: ExperimentConfig, fd: FoldData, fold: int) -> tuple[tuple[str, dict] | None, dict[str, object]]:
-    """``pseudo.warm_start``: (the fold's best source member's key and state_dict, its params), else (None, {})."""
+def warm_start(cfg: ExperimentConfig, fd: FoldData, fold: int) -> tuple[dict | None, dict[str, object]]:
+    """``pseudo.warm_start``: (the fold's best source member's state_dict, checked to fit the config's model, and
+    its params), else (None, {})."""
     if not cfg.pseudo.warm_start:
         return None, {}
     if fd.pseudo is None:
@@ -106,7 +107,7 @@ def warm_start(cfg: ExperimentConfig, fd: FoldData, fold: int) -> tuple[tuple[st
                         f"build the same network: {str(exc).splitlines()[0][:160]})") from exc
     params = {"warm_start_member": member.key, "warm_start_val_map": round(member.val_map, 4)}
     print(f"[fold {C.fold_label(fold)}] warm start from {member.key} (val_map {member.val_map:.4f})", flush=True)
-    return (member.key, state), params
+    return state, params
 
 
 def run_fold(cfg: ExperimentConfig, fold: int, *, study: str = C.ADHOC, trial: int | None = None,
