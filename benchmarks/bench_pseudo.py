@@ -57,11 +57,9 @@ VARIANTS = {
     # ignore-c1-bal with each fold run started from its fold's source member (pseudo.warm_start): the round's budget
     # adds to the source's instead of starting over, so it is judged against warm-none, the same warm start and
     # budget with no pseudo tile drawn (share 0; its labels are made and never used)
-    "warm-bal": [*BAND, "pseudo.min_confident_pixels=0.5", "pseudo.ignore_band=true", "pseudo.cycles=1",
-                 "pseudo.share=0.3", "pseudo.empty_share=0.38", "pseudo.warm_start=true"],
-    "warm-none": [*BAND, "pseudo.min_confident_pixels=0.5", "pseudo.ignore_band=true", "pseudo.cycles=1",
-                  "pseudo.share=0", "pseudo.empty_share=0.38", "pseudo.warm_start=true"],
 }
+VARIANTS["warm-bal"] = [*VARIANTS["ignore-c1-bal"], "pseudo.warm_start=true"]
+VARIANTS["warm-none"] = [("pseudo.share=0" if o.startswith("pseudo.share=") else o) for o in VARIANTS["warm-bal"]]
 CONTROLS = {"warm-bal": "warm-none"}  # variant -> the variant that differs from it only in drawing no pseudo tile
 
 
