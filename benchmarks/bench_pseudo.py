@@ -1,8 +1,8 @@
 """Pseudo-labelling rounds on real data (issue 15), in resumable (variant, fold) parts: does a round pay out of fold?
 
     .venv/bin/python benchmarks/bench_pseudo.py --data ../shared/tgs [--minutes 25] [--folds 0-4]
-        [--variants ignore-c1,band] [--results benchmarks/results/pseudo.json] [--report-only] [--docs]
-    make bench-pseudo DATA=../shared/tgs [FOLDS=0-1] [VARIANTS=ignore-c1]
+        [--variants warm-bal,warm-none] [--results benchmarks/results/pseudo.json] [--report-only] [--docs]
+    make bench-pseudo DATA=../shared/tgs [FOLDS=0-1] [VARIANTS=warm-bal,warm-none]
 
 A *part* is one fold k and one confidence variant:
 1. the source: ``configs/cpu.yaml`` on fold k at ``--minutes`` (the fold run of bench_quality's ``cpu`` part, in the
@@ -191,9 +191,16 @@ def report(parts: list[dict], variants: list[str], minutes: float, recipe: str, 
         for p, q in sorted(paired, key=lambda pq: (pq[0]["variant"], pq[0]["fold"])):
             lines.append(f"| {p['variant']} | {q['variant']} | {p['fold']} | {p['round_final']:.4f} | "
                          f"{q['round_final']:.4f} | {p['round_final'] - q['round_final']:+.4f} |")
+        for v in sorted({p["variant"] for p, _ in paired}):
+            diffs = [p["round_final"] - q["round_final"] for p, q in paired if p["variant"] == v]
+            if len(diffs) > 1:
+                lines.append(f"| {v} | {CONTROLS[v]} | mean of {len(diffs)} (sd {statistics.stdev(diffs):.4f}) | "
+                             f"| | {statistics.fmean(diffs):+.4f} |")
     binned = [p for p in fresh if p.get("source_bins") and p.get("round_bins")]
     if binned:  # where a round gains or loses: its ensemble's OOF mAP per coverage bin against its source's
-        bins = list(binned[0]["source_bins"])
+        from salt_exp.metrics import BIN_NAMES  # the metric's bin order, whatever order a results file kept
+
+        bins = [b for b in BIN_NAMES if b in binned[0]["source_bins"]]
         lines += ["", "| variant | folds | " + " | ".join(f"{b}: source / round" for b in bins) + " |",
                   "|---|---|" + "---|" * len(bins)]
         for v in variants:
@@ -208,7 +215,7 @@ def report(parts: list[dict], variants: list[str], minutes: float, recipe: str, 
 
 def main(argv: list[str] | None = None) -> int:
     ap = bq.part_parser(__doc__, RESULTS)
-    ap.add_argument("--variants", default="ignore-c1,band")
+    ap.add_argument("--variants", default="warm-bal,warm-none")
     ap.add_argument("--part", default=None, help=argparse.SUPPRESS)  # internal: VARIANT:FOLD in a child process
     args = ap.parse_args(argv)
     data, results = bq.data_and_results(args)
