@@ -1,7 +1,7 @@
 """Pseudo-labelling rounds on real data (issue 15), in resumable (variant, fold) parts: does a round pay out of fold?
 
     .venv/bin/python benchmarks/bench_pseudo.py --data ../shared/tgs [--minutes 25] [--folds 0-4]
-        [--variants warm-bal,warm-none] [--results benchmarks/results/pseudo.json] [--report-only] [--docs]
+        [--variants warm-bal,warm-none] [--results benchmarks/results/pseudo.json] [--report-only | --audit] [--docs]
     make bench-pseudo DATA=../shared/tgs [FOLDS=0-1] [VARIANTS=warm-bal,warm-none]
 
 A *part* is one fold k and one confidence variant:
@@ -106,6 +106,38 @@ def _bins(run_id: str) -> dict[str, float]:
     return {b: round(metrics[C.Metric.oof_map_bin(b)], 4) for b in BIN_NAMES if C.Metric.oof_map_bin(b) in metrics}
 
 
+def _logged_audit(pseudo_run: str, fold: int) -> dict[str, float] | None:
+    """Fold k's audit as its pseudo run logged it (``confidence.audit``; None for a labels run made before audits)."""
+    from salt_exp import contract as C
+    from salt_exp.pseudo.confidence import AUDIT_KEYS
+    from salt_exp.tracking import run_summary
+
+    metrics = run_summary(pseudo_run).metrics
+    if C.Metric.pseudo_audit(fold, "tiles") not in metrics:
+        return None
+    return {k: metrics.get(C.Metric.pseudo_audit(fold, k), float("nan")) for k in AUDIT_KEYS}
+
+
+def audit_parts(results: Path, parts: list[dict]) -> None:
+    """``--audit``: each finished part without an audit gets one (``salt-exp pseudo --audit`` on its source version,
+    fold and confidence settings: its labels' verdicts scored on the fold's validation tiles), saved in place."""
+    from salt_exp.pseudo import PseudoRequest, audit_pseudo
+    from salt_exp.pseudo.round import CONFIDENCE_KEYS
+
+    done: dict[tuple, dict] = {}  # variants with the same confidence settings share their labels, so their audit
+    for part in parts:
+        if part.get("audit"):
+            continue
+        rules = tuple(o for o in part["overrides"] if o.split("=")[0].removeprefix("pseudo.") in CONFIDENCE_KEYS)
+        key = (part["source"], part["fold"], rules)
+        if key not in done:
+            print(f"[bench-pseudo] audit: {part['variant']} fold {part['fold']} ({part['source']})", flush=True)
+            audits = audit_pseudo(PseudoRequest(study=SOURCE_STUDY, version=part["source"].rpartition("/v")[2],
+                                                folds=str(part["fold"]), overrides=rules))
+            done[key] = audits[part["fold"]]
+        save_part(results, {**part, "audit": done[key]})
+
+
 def source_ensemble(data: Path, fold: int, minutes: float) -> tuple[str, dict, str]:
     """The source ensemble version of fold k (made here once; its run tagged ``bench.pseudo_source`` = k), what it
     scored, and its ensemble run."""
@@ -155,6 +187,7 @@ def run_part(data: Path, variant: str, fold: int, minutes: float, results: Path)
             "kept_empty": labels.kept_empty, "kept_nonempty": labels.kept_nonempty,
             "ignored_pixels": labels.ignored_pixels, "round_study": study, "steps": steps,
             "source_steps": source_steps, "source_bins": _bins(source_run), "round_bins": _bins(ens.logged.run_id),
+            "audit": _logged_audit(outcome.pseudo_run, fold),
             "wall_s": round(time.perf_counter() - t0, 1), "machine": bq.machine(),
             "commit": bq.git_commit(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     save_part(results, part)
@@ -196,6 +229,16 @@ def report(parts: list[dict], variants: list[str], minutes: float, recipe: str, 
             if len(diffs) > 1:
                 lines.append(f"| {v} | {CONTROLS[v]} | mean of {len(diffs)} (sd {statistics.stdev(diffs):.4f}) | "
                              f"| | {statistics.fmean(diffs):+.4f} |")
+    audited = [p for p in fresh if p.get("audit")]
+    if audited:  # how good the labels were: the same rules on the fold's validation tiles, against their truth
+        lines += ["", "| variant | fold | val tiles kept empty (with salt) | kept non-empty (truly empty) | mAP kept / "
+                  "dropped / all | trained pixels wrong | ignored band: share / wrong |", "|---|---|---|---|---|---|---|"]
+        for p in sorted(audited, key=lambda p: (variants.index(p["variant"]), p["fold"])):
+            a = p["audit"]
+            lines.append(f"| {p['variant']} | {p['fold']} | {a['kept_empty']:.0f} ({a['empty_with_salt']:.0f}) of "
+                         f"{a['tiles']:.0f} | {a['kept_nonempty']:.0f} ({a['nonempty_truly_empty']:.0f}) | "
+                         f"{a['kept_map']:.4f} / {a['dropped_map']:.4f} / {a['all_map']:.4f} | {a['pixel_error']:.1%} | "
+                         f"{a['ignored_share']:.1%} / {a['ignored_error']:.1%} |")
     binned = [p for p in fresh if p.get("source_bins") and p.get("round_bins")]
     if binned:  # where a round gains or loses: its ensemble's OOF mAP per coverage bin against its source's
         from salt_exp.metrics import BIN_NAMES  # the metric's bin order, whatever order a results file kept
@@ -216,6 +259,8 @@ def report(parts: list[dict], variants: list[str], minutes: float, recipe: str, 
 def main(argv: list[str] | None = None) -> int:
     ap = bq.part_parser(__doc__, RESULTS)
     ap.add_argument("--variants", default="warm-bal,warm-none")
+    ap.add_argument("--audit", action="store_true", help="audit the labels of finished parts that lack an audit "
+                    "(their rules on the fold's validation tiles), then report")
     ap.add_argument("--part", default=None, help=argparse.SUPPRESS)  # internal: VARIANT:FOLD in a child process
     args = ap.parse_args(argv)
     data, results = bq.data_and_results(args)
@@ -238,7 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     done = {(p["variant"], p["fold"]) for p in load_parts(results)
             if p["minutes"] == args.minutes and p["recipe"] == recipe and p["overrides"] == VARIANTS[p["variant"]]}
     todo = [(v, f) for f in folds for v in variants if (v, f) not in done][: args.max_parts]
-    if not args.report_only:
+    if args.audit:
+        try:
+            audit_parts(results, [p for p in load_parts(results) if p["recipe"] == recipe and p["variant"] in variants
+                                  and p["fold"] in folds and p["overrides"] == VARIANTS[p["variant"]]])
+        except SaltError as exc:
+            sys.exit(f"bench_pseudo: {exc}")
+    elif not args.report_only:
         rc = bq.run_children("bench-pseudo", __file__, [
             (f"{variant} fold {fold}", ["--part", f"{variant}:{fold}", "--data", str(data), "--minutes", str(args.minutes),
                                         "--results", str(results), "--variants", args.variants]) for variant, fold in todo])

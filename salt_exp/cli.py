@@ -118,10 +118,15 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 def cmd_pseudo(args: argparse.Namespace) -> int:
     from salt_exp.contract import fold_label
-    from salt_exp.pseudo import PseudoRequest, run_pseudo
+    from salt_exp.pseudo import PseudoRequest, audit_pseudo, run_pseudo
 
-    o = run_pseudo(PseudoRequest(study=args.study, version=args.version, config=args.config, overrides=tuple(args.set),
-                                 folds=args.folds, into=args.into, full_fit=args.full_fit, device=args.device))
+    request = PseudoRequest(study=args.study, version=args.version, config=args.config, overrides=tuple(args.set),
+                            folds=args.folds, into=args.into, full_fit=args.full_fit, device=args.device)
+    if args.audit:  # the per-fold lines are printed as each fold is measured
+        audit_pseudo(request)
+        print("audit only: nothing labelled, trained or logged; the same command without --audit runs the round")
+        return 0
+    o = run_pseudo(request)
     print(f"pseudo run {o.pseudo_run} ({'reused' if o.reused else 'new'}): round {o.round} in study {o.study}, labels "
           f"from {o.source.key} (rules {', '.join(o.source.rules) or 'none'})")
     for fold, fl in sorted(o.labels.items()):
@@ -411,6 +416,9 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
                    help="dotted override of the round's config, repeatable (e.g. pseudo.share=0.3)")
     p.add_argument("--full-fit", action="store_true", help="then a full-data fit on every tile plus the whole ensemble's labels")
     p.add_argument("--device", default="auto", help="where the members predict the test tiles")
+    p.add_argument("--audit", action="store_true",
+                   help="only measure the confidence rules on each fold's validation tiles (kept counts, wrong verdicts, "
+                   "mAP of the kept labels): tune pseudo.* before spending a round; nothing is trained or logged")
     p.set_defaults(func=cmd_pseudo)
 
 

@@ -243,6 +243,11 @@ class Metric:
     def oof_err_share(bin_name: str) -> str:
         return f"oof_err_share_{bin_name}"
 
+    @staticmethod
+    def pseudo_audit(fold: int, name: str) -> str:
+        """A pseudo run's audit of fold ``fold``'s labels on its validation tiles (``pseudo.confidence.audit``)."""
+        return f"fold{fold_label(fold)}_audit_{name}"
+
 
 # ---------------------------------------------------------------- artifact paths
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,11 +17,11 @@ from salt_exp import contract as C
 from salt_exp.cli import main
 from salt_exp.config import AugmentConfig, PseudoConfig, load_config
 from salt_exp.data.dataset import MixedSampler
-from salt_exp.data.kaggle import load_kaggle
+from salt_exp.data.kaggle import TileSet, load_kaggle
 from salt_exp.ensemble.mosaic import MosaicIndex
 from salt_exp.losses import IGNORE
 from salt_exp.pseudo import round_study
-from salt_exp.pseudo.confidence import DROPPED, EMPTY, NONEMPTY, confidence_verdicts
+from salt_exp.pseudo.confidence import AUDIT_LINE, DROPPED, EMPTY, NONEMPTY, audit, confidence_verdicts
 from salt_exp.pseudo.labels import Labeller
 from salt_exp.train.setup import load_fold, train_loader
 from tests.conftest import write_kaggle
@@ -217,6 +218,60 @@ class _Fixed:
         return self._probs
 
 
+class _Brightness:
+    """A member that predicts each pixel's brightness as its probability (so the test decides what it sees)."""
+
+    label = "brightness"
+
+    def probs(self, images, depths=None, progress=None, context=None) -> np.ndarray:
+        return np.asarray(images, np.float32) / 255.0
+
+
+def test_the_audit_scores_the_rules_verdicts_against_the_truth():
+    rules = PseudoConfig(empty_max_prob=0.4, pixel_low=0.3, pixel_high=0.7, min_confident_pixels=0.5, ignore_band=True)
+    truth = np.zeros((5, 101, 101), np.uint8)
+    probs = np.full((5, 101, 101), 0.05, np.float32)  # 0: empty and rightly kept empty
+    truth[1, :50] = 1  # 1: salt found, 7 unsure rows of which the first 4 are salt in truth: band pixels, ignored
+    probs[1, :50], probs[1, 46:53] = 0.95, 0.5
+    truth[2] = 1  # 2: all salt, seen as nothing: kept empty, wrongly
+    probs[2] = 0.2
+    probs[3, :10] = 0.9  # 3: salt seen where there is none: kept non-empty, wrongly (10 rows wrong)
+    probs[4] = 0.5  # 4: unsure everywhere: dropped (empty mask, highest probability 0.5 >= 0.4)
+    masks = (probs > 0.5).astype(np.uint8)
+    a = audit(probs, masks, truth, 0.5, rules)
+    assert (a["tiles"], a["kept_empty"], a["kept_nonempty"]) == (5, 2, 2)
+    assert (a["empty_with_salt"], a["nonempty_truly_empty"]) == (1, 1)
+    # per tile: 1 (empty both), 0.9 (tile 1: IoU 46/50 = 0.92: 9 of 10 thresholds), 0, 0, 1 (dropped, empty both)
+    assert a["kept_map"] == pytest.approx((1 + 0.9 + 0 + 0) / 4) and a["dropped_map"] == 1.0
+    assert a["all_map"] == pytest.approx((1 + 0.9 + 0 + 0 + 1) / 5)
+    band = 7 * 101  # tile 1's unsure rows: out of the loss
+    assert a["pixel_error"] == pytest.approx((101 * 101 + 10 * 101) / (4 * 101 * 101 - band))
+    assert a["ignored_share"] == pytest.approx(band / (2 * 101 * 101)) and a["ignored_error"] == pytest.approx(4 / 7)
+    assert "2 empty (1 with salt) + 2 non-empty (1 truly empty)" in AUDIT_LINE.format(**a)
+    # stricter rules keep fewer tiles; nothing kept leaves the kept shares undefined, not zero
+    strict = audit(probs, masks, truth, 0.5, replace(rules, empty_max_prob=0.01, pixel_low=0.0, pixel_high=1.0))
+    assert (strict["kept_empty"], strict["kept_nonempty"]) == (0, 0) and np.isnan(strict["kept_map"])
+    assert np.isnan(strict["pixel_error"]) and strict["all_map"] == a["all_map"]
+
+
+def test_a_folds_audit_predicts_its_validation_tiles_and_reads_their_truth_only(tmp_path):
+    root = write_kaggle(tmp_path / "tgs", n=12, n_test=4)
+    data = load_kaggle(root, cache=False)
+    images, masks = data.train.images.copy(), np.zeros_like(data.train.masks)
+    images[:] = 10  # every tile dark: the member sees no salt
+    val = data.train.ids[[1, 4, 7]]
+    images[4, :, :40] = 250  # bright on the left: salt seen, and true
+    masks[4, :, :40] = 1
+    masks[7, :, :30] = 1  # salt the member does not see: kept empty, wrongly
+    masks[0] = 1  # a train tile outside the fold: its truth must not count
+    train = TileSet(ids=data.train.ids, images=images, depths=data.train.depths, masks=masks)
+    lab = Labeller(test=data.test, train=train, frame=None, rules=(), confidence=RULES)
+    a = lab.audit_fold([_Brightness()], fold=2, threshold=0.5, hidden=val.tolist())
+    assert lab.audits[2] is a and a["tiles"] == 3
+    assert (a["kept_empty"], a["kept_nonempty"], a["empty_with_salt"], a["nonempty_truly_empty"]) == (2, 1, 1, 0)
+    assert a["kept_map"] == pytest.approx(2 / 3) and a["pixel_error"] == pytest.approx(30 * 101 / (3 * 101 * 101))
+
+
 def _vertical(width: int) -> np.ndarray:
     """A mask with a vertical boundary: the `vertical` rule carries its last row down the mosaic column."""
     mask = np.zeros((101, 101), np.uint8)
@@ -393,6 +448,31 @@ def test_a_round_logs_its_labels_and_lineage_and_trains_on_them(pseudo_round, sy
                  "--out", str(tmp / "sub1.csv")]) == 0
     source = resolve_source("pl-pl1", "champion", tmp / "cache")
     assert source.round == 1 and round_study("pl-pl1", source.round) == "pl-pl2" and source.rules == ()
+
+
+def test_the_labels_run_logs_each_folds_audit_and_audit_alone_logs_nothing(pseudo_round, capsys):
+    c, _ = pseudo_round
+    (pseudo,) = _runs(c, "pl-pl1", "pseudo")
+    m = pseudo.data.metrics
+    exp = c.get_experiment_by_name("salt/pl-pl1").experiment_id
+    before = sorted(r.info.run_id for r in c.search_runs([exp]))
+    capsys.readouterr()
+    assert main(["pseudo", "--study", "pl", "--folds", "0-1", "--audit", *_sets(LOOSE)]) == 0
+    out = capsys.readouterr().out
+    for fold in (0, 1):  # LOOSE keeps every validation tile: every verdict counted, the kept ones are all of them
+        a = {k: m[C.Metric.pseudo_audit(fold, k)] for k in ("tiles", "kept_empty", "kept_nonempty", "kept_map", "all_map")}
+        assert a["tiles"] > 0 and a["kept_empty"] + a["kept_nonempty"] == a["tiles"] and a["kept_map"] == a["all_map"]
+        assert C.Metric.pseudo_audit(fold, "dropped_map") not in m  # nothing dropped: NaN, not logged
+        line = next(x for x in out.splitlines() if x.startswith(f"[pseudo] fold {fold} audit"))
+        assert f"{a['tiles']:.0f} validation tiles: kept {a['kept_empty']:.0f} empty" in line
+        assert f"mAP kept {a['kept_map']:.4f}" in line  # the audit alone measures what the labels run logged
+    assert "nothing labelled, trained or logged" in out
+    assert sorted(r.info.run_id for r in c.search_runs([exp])) == before
+    capsys.readouterr()  # the default rules keep fewer of the same tiles (a 1-epoch model is unsure)
+    assert main(["pseudo", "--study", "pl", "--folds", "0", "--audit"]) == 0
+    strict = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("[pseudo] fold 0 audit"))
+    kept = re.search(r"kept (\d+) empty \(\d+ with salt\) \+ (\d+) non-empty", strict)
+    assert int(kept[1]) + int(kept[2]) < m[C.Metric.pseudo_audit(0, "tiles")], strict
 
 
 def _one_line_error(capsys, argv: list[str], match: str) -> None:

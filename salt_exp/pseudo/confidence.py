@@ -72,3 +72,44 @@ def calibration(probs: np.ndarray, masks: np.ndarray, rules: PseudoConfig) -> di
         band[f"{low:g}-{high:g}"] = int((~empty & inside).sum())
     return {"empty": {t: int((empty & (top < t)).sum()) for t in EMPTY_GRID},
             "nonempty": {t: int((~empty & (share >= t)).sum()) for t in CONFIDENT_GRID}, "band": band}
+
+
+def audit(probs: np.ndarray, masks: np.ndarray, truth: np.ndarray, threshold: float,
+          rules: PseudoConfig) -> dict[str, float]:
+    """The confidence rules applied where the truth is known (a fold's validation tiles, predicted the way its test
+    tiles are labelled): how many tiles they keep and how right the kept labels are. Keys: ``tiles``,
+    ``kept_empty`` / ``kept_nonempty``; ``empty_with_salt`` (kept empty, truth has salt) and
+    ``nonempty_truly_empty`` (kept non-empty, truth empty): the wrong verdicts; ``kept_map`` / ``dropped_map`` /
+    ``all_map``: the competition score of the kept, dropped and all tiles' masks; ``pixel_error``: the share of the
+    kept tiles' trained pixels (the ignored band left out) that differ from the truth; ``ignored_share`` and
+    ``ignored_error``: the share of kept non-empty tiles' pixels the band leaves out, and how many of those would
+    have been wrong. A share with nothing to count is NaN."""
+    from salt_exp.metrics import image_scores
+
+    truth = np.asarray(truth).astype(bool)
+    masks = np.asarray(masks).astype(bool)
+    verdict = confidence_verdicts(probs, masks, rules)
+    ignore = ignore_map(probs, masks, verdict, threshold, rules)
+    ignore = np.zeros_like(masks) if ignore is None else ignore
+    kept, empty, nonempty = verdict != DROPPED, verdict == EMPTY, verdict == NONEMPTY
+    salt = truth.reshape(len(truth), -1).any(axis=1)
+    scores = image_scores(masks, truth)
+    wrong = masks != truth
+
+    def mean(x: np.ndarray) -> float:
+        return float(np.mean(x)) if np.size(x) else float("nan")
+
+    trained = ~ignore[kept]
+    return {"tiles": float(len(truth)), "kept_empty": float(empty.sum()), "kept_nonempty": float(nonempty.sum()),
+            "empty_with_salt": float((empty & salt).sum()), "nonempty_truly_empty": float((nonempty & ~salt).sum()),
+            "kept_map": mean(scores[kept]), "dropped_map": mean(scores[~kept]), "all_map": mean(scores),
+            "pixel_error": mean(wrong[kept][trained]), "ignored_share": mean(ignore[nonempty]),
+            "ignored_error": mean(wrong[ignore])}
+
+
+AUDIT_KEYS = ("tiles", "kept_empty", "kept_nonempty", "empty_with_salt", "nonempty_truly_empty", "kept_map", "dropped_map",
+              "all_map", "pixel_error", "ignored_share", "ignored_error")
+AUDIT_LINE = ("{tiles:.0f} validation tiles: kept {kept_empty:.0f} empty ({empty_with_salt:.0f} with salt) + "
+              "{kept_nonempty:.0f} non-empty ({nonempty_truly_empty:.0f} truly empty); mAP kept {kept_map:.4f}, "
+              "dropped {dropped_map:.4f}, all {all_map:.4f}; {pixel_error:.1%} of the trained pixels wrong; ignored band "
+              "{ignored_share:.1%} of the non-empty tiles' pixels, {ignored_error:.1%} of them wrong")

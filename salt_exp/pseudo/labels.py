@@ -23,7 +23,7 @@ from salt_exp.data.context import ContextPool, TileContext
 from salt_exp.data.kaggle import TileSet
 from salt_exp.ensemble.predict import member_predictor
 from salt_exp.errors import SaltError
-from salt_exp.pseudo.confidence import DROPPED, EMPTY, NONEMPTY, calibration, confidence_verdicts, ignore_map
+from salt_exp.pseudo.confidence import DROPPED, EMPTY, NONEMPTY, audit, calibration, confidence_verdicts, ignore_map
 from salt_exp.pseudo.source import SourceEnsemble
 from salt_exp.serving.predictor import EnsemblePredictor, KnownTiles
 from salt_exp.tracking import fetch_artifact
@@ -43,6 +43,7 @@ class Labeller:
     confidence: PseudoConfig
     pool: ContextPool | None = None  # the neighbour images context members read (None: every tile padded alone)
     calibration: dict = field(default_factory=dict)  # fold -> confidence.calibration of its labels (filled by label)
+    audits: dict = field(default_factory=dict)  # fold -> confidence.audit on its validation tiles (filled by audit_fold)
 
     def predictor(self, groups: Sequence[Sequence[object]], *, threshold: float,
                   hidden: Sequence[str] = ()) -> EnsemblePredictor:
@@ -72,6 +73,23 @@ class Labeller:
                                 threshold=float(predictor.threshold), kept_empty=int((verdict == EMPTY).sum()),
                                 kept_nonempty=int((verdict == NONEMPTY).sum()), dropped=int((~kept).sum()),
                                 ignore=None if ignore is None else ignore[kept])
+
+    def audit_fold(self, members: Sequence[object], *, fold: int, threshold: float,
+                   hidden: Sequence[str]) -> dict[str, float]:
+        """The confidence rules on fold ``fold``'s validation tiles (``hidden``), predicted as :meth:`fold_labels`
+        predicts the test tiles (its members, h-flip TTA, its threshold, the rules with ``hidden`` unseen as known
+        neighbours) and scored against their truth: how good the labels the round trains on would be."""
+        pos = self.train.position(np.asarray(hidden).astype(str).tolist())
+        ids = self.train.ids[pos].astype(str)
+        context = None
+        if self.pool is not None:  # as the ensemble's OOF: the other folds' train tiles are absent neighbours
+            others = self.train.ids[~np.isin(self.train.ids, ids)].astype(str)
+            context = TileContext(self.pool, ids.tolist(), frozenset(others.tolist()))
+        predictor = self.predictor([members], threshold=threshold, hidden=hidden)
+        probs = predictor.probs(self.train.images[pos], self.train.depths[pos], context=context)
+        masks = predictor.masks_from_probs(probs, self.train.images[pos], ids=ids.tolist())
+        self.audits[fold] = audit(probs, masks, self.train.masks[pos], float(predictor.threshold), self.confidence)
+        return self.audits[fold]
 
     def fold_labels(self, members: Sequence[object], *, fold: int, threshold: float,
                     hidden: Sequence[str]) -> tuple[FoldPseudoLabels, np.ndarray]:
@@ -103,6 +121,7 @@ def make_labels(source: SourceEnsemble, labeller: Labeller, val_ids: dict[int, n
     for fold in source.fold_members():
         out[fold], probs = labeller.fold_labels(groups[fold], fold=fold, threshold=source.fold_thresholds[fold],
                                                 hidden=val_ids[fold])
+        labeller.audit_fold(groups[fold], fold=fold, threshold=source.fold_thresholds[fold], hidden=val_ids[fold])
         total = total + probs
     used = [g for f, g in groups.items() if f != FULL_FIT]
     if FULL_FIT in groups:

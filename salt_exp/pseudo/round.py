@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -87,11 +88,7 @@ def run_pseudo(request: PseudoRequest) -> PseudoOutcome:
         cache = Path(tmp)
         source = resolve_source(request.study, request.version, cache)
         cfg = round_config(source, request.config, request.overrides, cache)
-        folds = parse_folds(request.folds, cfg.data.n_folds)
-        missing = [f for f in folds if f not in source.members]
-        if missing:
-            raise SaltError(f"{source.key} has no members of fold(s) {missing} (it covers folds "
-                            f"{sorted(source.fold_members())}): fold k's labels need fold k's own members")
+        folds = _source_folds(source, parse_folds(request.folds, cfg.data.n_folds))
         study = request.into or round_study(request.study, source.round)
         if study == request.study:
             raise SaltError(f"--into {study}: a round trains in a study of its own, not in its source study")
@@ -124,8 +121,8 @@ def _labels_run(source: SourceEnsemble, cfg: ExperimentConfig, study: str, cache
     status = RunStatus.FAILED
     try:
         tracker.log_params(_params(source, cfg))
-        labels = _label(source, cfg, tracker.run_id, cache, device)
-        _log_labels(tracker, labels)
+        labels, audits = _label(source, cfg, tracker.run_id, cache, device)
+        _log_labels(tracker, labels, audits)
         status = RunStatus.FINISHED
     except KeyboardInterrupt:
         status = RunStatus.KILLED
@@ -148,9 +145,10 @@ def _params(source: SourceEnsemble, cfg: ExperimentConfig) -> dict[str, object]:
     return params
 
 
-def _label(source: SourceEnsemble, cfg: ExperimentConfig, run_id: str, cache: Path, device: str) -> PseudoLabels:
+def _labeller(source: SourceEnsemble, cfg: ExperimentConfig, cache: Path):
+    """(labeller, data, every tile's fold, each source fold's validation ids), the members' folds checked."""
     from salt_exp.ensemble.build import mosaic_table
-    from salt_exp.pseudo.labels import Labeller, check_member_folds, make_labels
+    from salt_exp.pseudo.labels import Labeller, check_member_folds
 
     fd = load_fold(cfg, FULL_FIT)  # the data and every tile's persisted fold
     data, tile_fold = fd.data, fd.folds["fold"].to_numpy()
@@ -161,19 +159,63 @@ def _label(source: SourceEnsemble, cfg: ExperimentConfig, run_id: str, cache: Pa
     frame, _ = mosaic_table(data)
     labeller = Labeller(test=data.test, train=data.train, frame=frame, rules=source.rules, broken=source.broken,
                         confidence=cfg.pseudo, pool=ContextPool.from_data(data))
+    return labeller, data, tile_fold, val_ids
+
+
+def audit_line(fold: int, audit: dict | None) -> str:
+    """``confidence.audit`` of one fold in one line."""
+    from salt_exp.pseudo.confidence import AUDIT_LINE
+
+    return "" if not audit else f"[pseudo] fold {C.fold_label(fold)} audit on its " + AUDIT_LINE.format(**audit)
+
+
+def audit_pseudo(request: PseudoRequest) -> dict[int, dict[str, float]]:
+    """``salt-exp pseudo --audit``: the round's confidence rules on each requested fold's validation tiles, where the
+    truth is known (``confidence.audit``), printed; no test tile labelled, nothing trained or logged."""
+    from salt_exp.ensemble.predict import member_predictor
+
+    with temp_dir() as tmp:
+        cache = Path(tmp)
+        source = resolve_source(request.study, request.version, cache)
+        cfg = round_config(source, request.config, request.overrides, cache)
+        folds = _source_folds(source, parse_folds(request.folds, cfg.data.n_folds))
+        labeller, _, _, val_ids = _labeller(source, cfg, cache)
+        for fold in folds:
+            members = [member_predictor(m, cache, request.device) for m in source.members[fold]]
+            labeller.audit_fold(members, fold=fold, threshold=source.fold_thresholds[fold], hidden=val_ids[fold])
+            print(audit_line(fold, labeller.audits[fold]), flush=True)
+    return dict(labeller.audits)
+
+
+def _source_folds(source: SourceEnsemble, folds: list[int]) -> list[int]:
+    missing = [f for f in folds if f not in source.members]
+    if missing:
+        raise SaltError(f"{source.key} has no members of fold(s) {missing} (it covers folds "
+                        f"{sorted(source.fold_members())}): fold k's labels need fold k's own members")
+    return folds
+
+
+def _label(source: SourceEnsemble, cfg: ExperimentConfig, run_id: str, cache: Path,
+           device: str) -> tuple[PseudoLabels, dict[int, dict[str, float]]]:
+    """Every source fold's labels (and the full-data labels), and each fold's audit on its validation tiles."""
+    from salt_exp.pseudo.labels import make_labels
+
+    labeller, data, tile_fold, val_ids = _labeller(source, cfg, cache)
     folds = make_labels(source, labeller, val_ids, cache, device)
     for fold, fl in folds.items():
         ignored = (f" ({fl.ignored_pixels / max(fl.kept_nonempty * fl.masks[0].size, 1):.1%} of their pixels "
                    "left out of the loss: ignore_band)") if cfg.pseudo.ignore_band else ""
         print(f"[pseudo] fold {C.fold_label(fold)}: kept {fl.kept_empty} empty + {fl.kept_nonempty} non-empty{ignored} "
               f"of {len(data.test)} test tiles; " + calibration_line(labeller.calibration.get(fold)), flush=True)
+        if fold in labeller.audits:
+            print(audit_line(fold, labeller.audits[fold]), flush=True)
     n_train = {f: int((tile_fold != f).sum()) for f in folds}
     for fold, fl in folds.items():
         check_oversampling(fl, n_train[fold], cfg.pseudo, labeller.calibration.get(fold))
     meta = {"ensemble": source.key, "ensemble_run": source.version.ensemble_run, "round": str(source.round + 1),
             "pseudo_run": run_id, "rules": ",".join(source.rules) or "none",
             **{k: str(getattr(cfg.pseudo, k)) for k in CONFIDENCE_KEYS}}
-    return PseudoLabels(folds=folds, source=meta)
+    return PseudoLabels(folds=folds, source=meta), dict(labeller.audits)
 
 
 def calibration_line(cal: dict | None) -> str:
@@ -212,13 +254,16 @@ def check_oversampling(fl, n_train: int, rules, cal: dict | None = None) -> None
                     + (f" ({calibration_line(cal)})" if cal else ""))
 
 
-def _log_labels(tracker: RunTracker, labels: PseudoLabels) -> None:
+def _log_labels(tracker: RunTracker, labels: PseudoLabels, audits: dict[int, dict[str, float]]) -> None:
     metrics = {}
     for fold, fl in labels.folds.items():
         k = C.fold_label(fold)
         metrics.update({f"fold{k}_{name}": value for name, value in fl.counts.items()})
         metrics[f"fold{k}_threshold"] = fl.threshold
         metrics[f"fold{k}_ignored_pixels"] = fl.ignored_pixels
+        # the rules on fold k's validation tiles (confidence.audit); a share with nothing to count is not logged
+        metrics.update({C.Metric.pseudo_audit(fold, name): value for name, value in audits.get(fold, {}).items()
+                        if math.isfinite(value)})
     tracker.log_metrics(metrics, step=0)
     with temp_dir() as tmp:
         path = C.write_pseudo_labels(Path(tmp) / Path(C.PSEUDO_LABELS).name, labels)
