@@ -118,6 +118,24 @@ def _logged_audit(pseudo_run: str, fold: int) -> dict[str, float] | None:
     return {k: metrics.get(C.Metric.pseudo_audit(fold, k), float("nan")) for k in AUDIT_KEYS}
 
 
+def _same_source(part: dict) -> bool:
+    """Whether this store's ensemble version ``part["source"]`` is the one the part measured: a version number is only
+    unique within one store, so its bench tags (fold, and the final OOF score it recorded) must match the part's."""
+    from salt_exp import contract as C
+    from salt_exp.tracking import ensemble_versions, run_summary
+
+    number = int(part["source"].rpartition("/v")[2])
+    try:
+        (v,) = [v for v in ensemble_versions(C.ensemble_model(SOURCE_STUDY)) if int(v.version) == number]
+    except Exception:  # noqa: BLE001 - no such model or version in this store
+        return False
+    tags = run_summary(v.ensemble_run).tags
+    if not tags.get("bench.pseudo_source", "").startswith(f"{part['fold']}:"):
+        return False
+    final = _chain(json.loads(tags["bench.pseudo_steps"]))[-1]["score"]
+    return abs(final - part["source_final"]) < 1e-9
+
+
 def audit_parts(results: Path, parts: list[dict]) -> None:
     """``--audit``: each finished part without an audit gets one (``salt-exp pseudo --audit`` on its source version,
     fold and confidence settings: its labels' verdicts scored on the fold's validation tiles), saved in place."""
@@ -127,6 +145,10 @@ def audit_parts(results: Path, parts: list[dict]) -> None:
     done: dict[tuple, dict] = {}  # variants with the same confidence settings share their labels, so their audit
     for part in parts:
         if part.get("audit"):
+            continue
+        if not _same_source(part):
+            print(f"[bench-pseudo] audit: {part['variant']} fold {part['fold']} skipped: this store's {part['source']} is "
+                  "not the ensemble it was measured on (another store's version of that number)", flush=True)
             continue
         rules = tuple(o for o in part["overrides"] if o.split("=")[0].removeprefix("pseudo.") in CONFIDENCE_KEYS)
         key = (part["source"], part["fold"], rules)
