@@ -71,6 +71,11 @@ def key_of(part: dict) -> tuple:
     return part["variant"], part["fold"], part["minutes"], part["recipe"], tuple(part["overrides"])
 
 
+def _current(part: dict, minutes: float, recipe: str) -> bool:
+    """Whether ``part`` was measured at this budget and recipe with its variant's present settings."""
+    return part["minutes"] == minutes and part["recipe"] == recipe and part["overrides"] == VARIANTS[part["variant"]]
+
+
 def save_part(path: Path, part: dict) -> None:
     bq.write_part(path, part, key_of, "bench_pseudo")
 
@@ -219,8 +224,7 @@ def run_part(data: Path, variant: str, fold: int, minutes: float, results: Path)
 
 
 def report(parts: list[dict], variants: list[str], minutes: float, recipe: str, folds: list[int]) -> str:
-    fresh = [p for p in parts if p["minutes"] == minutes and p["recipe"] == recipe and p["fold"] in folds
-             and p["variant"] in variants and p["overrides"] == VARIANTS[p["variant"]]]
+    fresh = [p for p in parts if _current(p, minutes, recipe) and p["fold"] in folds and p["variant"] in variants]
     lines = [f"Source: `configs/cpu.yaml` at {minutes:g} min per fold on real data, its fold-k ensemble; a round: the "
              "same recipe and budget on train + that ensemble's pseudo-labels of the 4861 test tiles.", ""]
     if not fresh:
@@ -303,12 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     except SaltError as exc:
         sys.exit(f"bench_pseudo: {exc}")
     done = {(p["variant"], p["fold"]) for p in load_parts(results)
-            if p["minutes"] == args.minutes and p["recipe"] == recipe and p["overrides"] == VARIANTS[p["variant"]]}
+            if _current(p, args.minutes, recipe)}
     todo = [(v, f) for f in folds for v in variants if (v, f) not in done][: args.max_parts]
     if args.audit:
         try:
-            audit_parts(results, [p for p in load_parts(results) if p["recipe"] == recipe and p["variant"] in variants
-                                  and p["fold"] in folds and p["overrides"] == VARIANTS[p["variant"]]])
+            audit_parts(results, [p for p in load_parts(results) if _current(p, args.minutes, recipe)
+                                  and p["variant"] in variants and p["fold"] in folds])
         except SaltError as exc:
             sys.exit(f"bench_pseudo: {exc}")
     elif not args.report_only:
