@@ -13,8 +13,10 @@ mosaic rules the harness picks on OOF, the test tiles as the rules' neighbours).
 - ``image``: ``context.mode=image``: the padding holds the neighbouring tiles' pixels where mosaics.csv places
   one, plus a validity plane (its first-conv weights start at zero: the model starts as plain). Variants (not in
   the default ``--pipelines``): ``image-random`` (the plane's weights drawn at random, as the first context runs
-  did), ``image-novalid`` (no validity plane) and ``image-drop`` (``context.dropout=0.5``: half the training
-  samples come padded alone, so the model keeps working without neighbours). Same canvas size, so the same
+  did), ``image-novalid`` (no validity plane), ``image-drop`` (``context.dropout=0.5``: half the training
+  samples come padded alone, so the model keeps working without neighbours) and ``image-wide``
+  (``padding.size=192``: 45-46 px of each neighbour instead of 13-14, at 2.25x the pixels per step, so the same
+  epochs are more compute: the one variant that is not the same budget). Otherwise the same canvas size, so the same
   compute per step: a fixed number of epochs is the same budget in steps and (within the measurement noise of this
   machine) in wall time, and a contended machine cannot change the comparison, only its duration;
 - ``plain-s2``: the plain model from seed 43 (folds unchanged: ``data.folds_seed``), the report's seed-noise row.
@@ -55,9 +57,12 @@ PIPELINES = {"plain": [], "image": ["context.mode=image"],
              "image-random": ["context.mode=image", "context.validity_init=random"],
              "image-novalid": ["context.mode=image", "context.validity=false"],
              # half the training samples without their neighbours: the model keeps the plain input's skill
-             "image-drop": ["context.mode=image", "context.dropout=0.5"]}
+             "image-drop": ["context.mode=image", "context.dropout=0.5"],
+             # a wider window: 45-46 px of each neighbour instead of 13-14 (2.25x the pixels per step, same epochs)
+             "image-wide": ["context.mode=image", "padding.size=192"]}
 LABELS = {"plain": "plain", "image": "context", "plain-s2": "plain, seed 43", "image-random": "context, plane drawn at random",
-          "image-novalid": "context, no validity plane", "image-drop": "context, dropout 0.5"}
+          "image-novalid": "context, no validity plane", "image-drop": "context, dropout 0.5",
+          "image-wide": "context, 192 px canvas"}
 TYPES = ("empty", "vertical", "cap", "other")
 
 
