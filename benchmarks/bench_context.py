@@ -179,12 +179,12 @@ def report(parts: list[dict], data: Path, folds: list[int]) -> str:
     if "plain, seed 43" in base:  # the seed noise: what the same pipeline moves when only its seed changes
         noise = [a - b for a, b in zip(base["plain, seed 43"], base["plain"], strict=True)]
         lines.append("| (plain, seed 43) - plain: seed noise | " + " | ".join(f"{g:+.4f}" for g in noise) + " | |")
-    lines += ["", *verdict(by, common, placed)]
+    lines += ["", *verdict(by, common, placed), *partial_variants(by, common, placed, shown)]
     lines += ["",
               "| pipeline | fold | best single @0.5 | ensemble | + rules | members | fold run + ensemble s | machine | commit |",
               "|---|---|---|---|---|---|---|---|---|"]
     for f in common:
-        for pl in shown:
+        for pl in (pl for pl in PIPELINES if (pl, f) in by):
             p = by[(pl, f)]
             single = next((s["score"] for s in p["steps"] if s["score"] is not None), float("nan"))
             lines.append(f"| {pl} | {f} | {single:.4f} | {np.mean(p['scores']):.4f} | {np.mean(p['scores_rules']):.4f} | "
@@ -232,6 +232,30 @@ def verdict(by: dict, common: list[int], placed: set[str]) -> list[str]:
               f"[{lo:+.4f}, {hi:+.4f}] (tiles resampled; it does not include retraining noise, see the seed row); "
               f"{int((diff > 0).sum())} tiles gain, {int((diff < 0).sum())} lose, {int((diff == 0).sum())} tie."]
     return lines
+
+
+def partial_variants(by: dict, common: list[int], placed: set[str], shown: list[str]) -> list[str]:
+    """The variants measured on some of the folds only (the seed row, the first context runs), each against
+    plain + rules on its own folds: they leave the main table once a fold lacks them, not the evidence."""
+    rows = []
+    for pl in PIPELINES:
+        folds = [f for f in common if (pl, f) in by]
+        if pl in shown or pl == "plain" or not folds:
+            continue
+        ids = [t for f in folds for t in by[("plain", f)]["ids"]]
+        inside = np.array([t in placed for t in ids])
+        base = np.concatenate([by[("plain", f)]["scores_rules"] for f in folds])
+        for key, suffix in (("scores", ""), ("scores_rules", " + rules")):
+            score = dict(zip((t for f in folds for t in by[(pl, f)]["ids"]),
+                             (v for f in folds for v in by[(pl, f)][key]), strict=True))
+            d = np.array([score[t] for t in ids]) - base
+            rows.append(f"| {LABELS[pl]}{suffix} | {', '.join(map(str, folds))} | {d.mean():+.4f} | "
+                        f"{d[inside].mean():+.4f} | {d[~inside].mean():+.4f} |")
+    if not rows:
+        return []
+    return ["", "Variants measured on fewer folds, each minus plain + rules on the same folds (tile for tile; "
+            "`plain, seed 43` minus plain + rules is the seed noise):", "",
+            "| variant | folds | all | inside mosaics | outside |", "|---|---|---|---|---|", *rows]
 
 
 def write_docs(text: str, command: str) -> None:
