@@ -137,6 +137,12 @@ def mask_type(mask: np.ndarray) -> str:
     return "other"
 
 
+def scores_by_id(by: dict, pipeline: str, folds: list[int], key: str) -> dict[str, float]:
+    """Tile id -> per-tile score (``key``: "scores" or "scores_rules") of ``pipeline``'s parts on ``folds``."""
+    return dict(zip((t for f in folds for t in by[(pipeline, f)]["ids"]),
+                    (v for f in folds for v in by[(pipeline, f)][key]), strict=True))
+
+
 def report(parts: list[dict], data: Path, folds: list[int]) -> str:
     from salt_exp.data.kaggle import load_kaggle
 
@@ -155,8 +161,7 @@ def report(parts: list[dict], data: Path, folds: list[int]) -> str:
     for pl in shown:
         for rules in (False, True):
             key = "scores_rules" if rules else "scores"
-            score = dict(zip((t for f in common for t in by[(pl, f)]["ids"]),
-                             (s for f in common for s in by[(pl, f)][key]), strict=True))
+            score = scores_by_id(by, pl, common, key)
             s = np.array([score[t] for t in ids])
             label = LABELS[pl] + (" + rules" if rules else "")
             rules_used = "; ".join(f"fold {f}: {', '.join(by[(pl, f)]['rules']) or 'none'}" for f in common)
@@ -246,8 +251,7 @@ def partial_variants(by: dict, common: list[int], placed: set[str], shown: list[
         inside = np.array([t in placed for t in ids])
         base = np.concatenate([by[("plain", f)]["scores_rules"] for f in folds])
         for key, suffix in (("scores", ""), ("scores_rules", " + rules")):
-            score = dict(zip((t for f in folds for t in by[(pl, f)]["ids"]),
-                             (v for f in folds for v in by[(pl, f)][key]), strict=True))
+            score = scores_by_id(by, pl, folds, key)
             d = np.array([score[t] for t in ids]) - base
             rows.append(f"| {LABELS[pl]}{suffix} | {', '.join(map(str, folds))} | {d.mean():+.4f} | "
                         f"{d[inside].mean():+.4f} | {d[~inside].mean():+.4f} |")
